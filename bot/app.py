@@ -1,0 +1,150 @@
+"""Assembly of one running station: config, database, connection, outbox sender, and (without a token)
+the built-in sandbox. Production, sandbox and tests all start here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.config.loader import load_config
+from bot.connection import Connection, ConnectionFailed
+from bot.sender import run_sender
+from handlers import pipeline
+from handlers.inbound import Inbound
+from handlers.runtime import Clock, ConfigVersion, Station, system_clock
+from models.db import Database
+
+if TYPE_CHECKING:
+    from bot.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGES_IN_FLIGHT = 64
+
+
+@dataclass(frozen=True)
+class PuppetTarget:
+    token: str
+    endpoint: str
+
+
+def puppet_from_env() -> PuppetTarget | None:
+    token = os.environ.get("WECHATY_PUPPET_SERVICE_TOKEN")
+    if not token:
+        return None
+    endpoint = os.environ.get("WECHATY_PUPPET_SERVICE_ENDPOINT")
+    if not endpoint:
+        raise ConnectionFailed(
+            "WECHATY_PUPPET_SERVICE_TOKEN is set but WECHATY_PUPPET_SERVICE_ENDPOINT is not: set it to the "
+            "puppet service's host:port (we never ask a public discovery service)"
+        )
+    return PuppetTarget(token, endpoint)
+
+
+class App:
+    def __init__(
+        self,
+        config_path: str | Path,
+        *,
+        puppet: PuppetTarget | None = None,
+        sandbox: Sandbox | None = None,
+        clock: Clock = system_clock,
+        database_url: str | None = None,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.puppet = puppet
+        self.sandbox = sandbox
+        self.clock = clock
+        self.database_url = database_url
+        self.station: Station | None = None
+        self.connection: Connection | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._owns_sandbox = False
+        self._in_flight = asyncio.Semaphore(MAX_MESSAGES_IN_FLIGHT)
+        self.handled: asyncio.Queue[tuple[Inbound, str]] | None = None  # tests may set one to observe outcomes
+
+    async def start(self) -> None:
+        """Load and validate the config (raises ConfigError), open the database, connect."""
+        text = self.config_path.read_text(encoding="utf-8")
+        config = load_config(self.config_path)
+        database = Database(self.database_url or config.database.url)
+        log.info("config %s, database %s", self.config_path, database.safe_url)
+        await database.create_schema()
+        self.station = Station(ConfigVersion.build(config, text), database, self.clock)
+
+        target = self.puppet
+        if target is None:
+            if self.sandbox is None:
+                from bot.sandbox import Sandbox, load_world
+
+                self.sandbox = Sandbox(load_world(None), token=f"sandbox-{secrets.token_hex(8)}")
+                self._owns_sandbox = True
+                await self.sandbox.start()
+            # a sandbox handed in by the caller (tests, main.py with fixed ports) is already started
+            target = PuppetTarget(self.sandbox.token, self.sandbox.endpoint)
+
+        data_dir = Path(config.data_dir)
+        self.connection = Connection(
+            account=config.station.id,
+            token=target.token,
+            endpoint=target.endpoint,
+            cache_dir=data_dir / ".wechaty",
+            on_inbound=self._on_inbound,
+        )
+        self._tasks.append(asyncio.create_task(self.connection.run(), name="connection"))
+        self._tasks.append(
+            asyncio.create_task(run_sender(self.station, self.connection, self.connection.logged_in), name="sender")
+        )
+
+    async def _on_inbound(self, inbound: Inbound) -> None:
+        assert self.station is not None
+        async with self._in_flight:
+            outcome = await pipeline.handle(self.station, inbound)
+        log.debug("message %s: %s", inbound.message_id, outcome)
+        if self.handled is not None:
+            self.handled.put_nowait((inbound, outcome))
+
+    async def wait_logged_in(self, timeout: float = 20) -> None:
+        """Until the puppet service logged us in; raises the connection's error if it failed first."""
+        assert self.connection is not None
+        login = asyncio.ensure_future(self.connection.logged_in.wait())
+        connection_task = self._tasks[0]
+        done, _ = await asyncio.wait({login, connection_task}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if login in done:
+            return
+        login.cancel()
+        if connection_task in done:
+            connection_task.result()  # raises ConnectionFailed
+            raise ConnectionFailed("the puppet service closed the connection before logging in")
+        raise TimeoutError(f"not logged in to the puppet service within {timeout} s")
+
+    async def run_until_stopped(self, stop: asyncio.Event) -> None:
+        """Block until ``stop`` is set or the connection ends (which raises ConnectionFailed)."""
+        waiter = asyncio.ensure_future(stop.wait())
+        connection_task = self._tasks[0]
+        done, _ = await asyncio.wait({waiter, connection_task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if connection_task in done:
+            connection_task.result()
+            raise ConnectionFailed("the puppet service ended the event stream")
+
+    async def stop(self) -> None:
+        if self.connection is not None:
+            await self.connection.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._owns_sandbox and self.sandbox is not None:
+            await self.sandbox.stop()
+        if self.station is not None:
+            await self.station.db.close()

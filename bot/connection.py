@@ -1,0 +1,183 @@
+"""One station account's link to its puppet service, through python-wechaty.
+
+We drive python-wechaty's pieces ourselves instead of ``Wechaty.start()``: that method swallows errors
+(a refused token makes it return, and the process would exit 0) and sleeps a fixed 60 s before one retry.
+Here a failure surfaces as :class:`ConnectionFailed` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bot.wechaty_compat import load_wechaty
+from handlers.inbound import Inbound
+
+log = logging.getLogger(__name__)
+
+# python-wechaty's MessageType enum names (after its own mapping from the wire) -> our kinds.
+_KINDS = {
+    "MESSAGE_TYPE_TEXT": "text",
+    "MESSAGE_TYPE_IMAGE": "image",
+    "MESSAGE_TYPE_AUDIO": "audio",
+    "MESSAGE_TYPE_VIDEO": "video",
+    "MESSAGE_TYPE_EMOTICON": "emoticon",
+    "MESSAGE_TYPE_ATTACHMENT": "file",
+    "MESSAGE_TYPE_URL": "url",
+    "MESSAGE_TYPE_RECALLED": "recalled",
+}
+AT_SEPARATOR = "\u2005"  # what WeChat puts after an @name
+
+
+class ConnectionFailed(RuntimeError):
+    pass
+
+
+InboundHandler = Callable[[Inbound], Awaitable[Any]]
+
+
+def redact(token: str) -> str:
+    return f"{token[:4]}…({len(token)} chars)" if len(token) > 8 else "***"
+
+
+class Connection:
+    def __init__(
+        self, *, account: str, token: str, endpoint: str, cache_dir: Path, on_inbound: InboundHandler
+    ) -> None:
+        self.account = account
+        self.token = token
+        self.endpoint = endpoint
+        self.cache_dir = cache_dir
+        self.on_inbound = on_inbound
+        self.logged_in = asyncio.Event()
+        self.self_id: str | None = None
+        self._bot: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _build(self) -> Any:
+        wechaty = load_wechaty(self.cache_dir)
+        from wechaty_puppet import PuppetOptions
+
+        connection = self
+
+        class StationBot(wechaty.Wechaty):  # type: ignore[misc,name-defined]
+            async def on_login(self, contact: Any) -> None:
+                connection.self_id = contact.contact_id
+                log.info("logged in as %s (%s)", contact.name, contact.contact_id)
+                connection.logged_in.set()
+
+            async def on_message(self, msg: Any) -> None:
+                await connection._dispatch(msg)
+
+        options = wechaty.WechatyOptions(
+            puppet="wechaty-puppet-service",
+            puppet_options=PuppetOptions(token=self.token, end_point=self.endpoint),
+        )
+        return StationBot(options)
+
+    async def run(self) -> None:
+        """Connect and listen until the event stream ends or :meth:`stop` is called."""
+        self._bot = bot = self._build()
+        log.info("connecting to puppet service %s (token %s)", self.endpoint, redact(self.token))
+        try:
+            await bot.init_puppet()
+            await bot.init_puppet_event_bridge(bot.puppet)
+            await bot.puppet.start()  # returns when the event stream ends
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # grpclib, OSError, wechaty-puppet errors all mean the same to us
+            raise ConnectionFailed(self._explain(exc)) from exc
+        if not self.logged_in.is_set():
+            raise ConnectionFailed(
+                f"the puppet service at {self.endpoint} closed the connection before logging in"
+            )
+
+    def _explain(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        name = type(exc).__name__
+        if name == "GRPCError" and getattr(exc, "status", None) is not None:
+            status = exc.status.name  # type: ignore[attr-defined]
+            if status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+                return (f"the puppet service at {self.endpoint} refused the token "
+                        f"(WECHATY_PUPPET_SERVICE_TOKEN {redact(self.token)}): {status}")
+            return f"the puppet service at {self.endpoint} answered {status}: {exc.message}"  # type: ignore[attr-defined]
+        if "ping endpoint" in text or isinstance(exc, OSError):
+            return f"cannot reach the puppet service at {self.endpoint}: {text}"
+        return f"puppet service {self.endpoint}: {name}: {text}"
+
+    async def stop(self) -> None:
+        bot, self._bot = self._bot, None
+        for task in list(self._tasks):
+            task.cancel()
+        if bot is None:
+            return
+        try:
+            puppet = bot.puppet
+            puppet._event_stream.remove_all_listeners()
+            if getattr(puppet, "channel", None) is not None:
+                puppet.channel.close()
+                puppet.channel = None
+            puppet._puppet_stub = None
+        except Exception:  # shutting down: nothing useful to do with an error here
+            log.debug("error while closing the puppet channel", exc_info=True)
+
+    # -- inbound -----------------------------------------------------------------------------------
+    async def _dispatch(self, msg: Any) -> None:
+        try:
+            inbound = await self._to_inbound(msg)
+        except Exception:
+            log.exception("could not read message %s", getattr(msg, "message_id", "?"))
+            return
+        try:
+            await self.on_inbound(inbound)
+        except Exception:
+            log.exception("handling message %s failed", inbound.message_id)
+
+    async def _to_inbound(self, msg: Any) -> Inbound:
+        payload = msg.payload
+        room = msg.room()
+        topic = None
+        if room is not None and room.payload is not None:
+            topic = room.payload.topic
+        talker = msg.talker()
+        mentions = tuple(getattr(payload, "mention_ids", None) or ())
+        kind_name = getattr(msg.type(), "name", str(msg.type()))
+        timestamp = payload.timestamp or 0
+        # The wire carries epoch milliseconds; some services send seconds.
+        seconds = timestamp / 1000 if timestamp > 10**11 else float(timestamp)
+        sent_at = datetime.fromtimestamp(seconds, UTC) if seconds else datetime.now(UTC)
+        return Inbound(
+            account=self.account,
+            message_id=payload.id,
+            sender_id=payload.from_id,
+            sender_name=(talker.name if talker and talker.payload else "") or payload.from_id,
+            room_id=payload.room_id or None,
+            room_topic=topic,
+            text=payload.text or "",
+            kind=_KINDS.get(kind_name, "other"),
+            mentions=mentions,
+            mentions_bot=bool(self.self_id and self.self_id in mentions),
+            sent_at=sent_at,
+            is_self=bool(self.self_id and payload.from_id == self.self_id),
+        )
+
+    # -- outbound ----------------------------------------------------------------------------------
+    async def send(self, conversation_id: str, text: str, *, is_room: bool, mentions: list[str]) -> str | None:
+        bot = self._bot
+        if bot is None or not self.logged_in.is_set():
+            raise ConnectionFailed("not connected")
+        if is_room and mentions:
+            names = []
+            for contact_id in mentions:
+                contact = bot.Contact.load(contact_id)
+                await contact.ready()
+                names.append("@" + (contact.name or contact_id))
+            text = AT_SEPARATOR.join(names) + AT_SEPARATOR + text
+        message_id = await bot.puppet.message_send_text(
+            conversation_id=conversation_id, message=text, mention_ids=mentions if is_room else None
+        )
+        return message_id or None

@@ -1,0 +1,142 @@
+"""A matched report becomes an incident: stored with its timeline, answered in the group, pinged to the
+officer covering the group. All in the caller's transaction, so a crash loses none of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.config.schema import GroupConfig, OfficerConfig
+from handlers.inbound import Inbound
+from handlers.oncall import coverage
+from handlers.routing import RouteMatch
+from handlers.runtime import ConfigVersion
+from handlers.texts import incident_context, local_time, say
+from models.outbox import PRIORITY_URGENT, enqueue
+from models.tables import Incident, IncidentEvent, IncidentStatus
+
+
+def add_event(
+    session: AsyncSession, incident: Incident, kind: str, at: datetime, actor: str | None = None, detail: str = ""
+) -> None:
+    session.add(IncidentEvent(incident_id=incident.id, kind=kind, at=at, actor=actor, detail=detail))
+
+
+async def open_incident(
+    session: AsyncSession,
+    live: ConfigVersion,
+    inbound: Inbound,
+    group: GroupConfig | None,
+    match: RouteMatch,
+    now: datetime,
+    source_message_row: int | None,
+    reply_to_group: bool = True,
+) -> Incident:
+    config = live.config
+    route = match.route
+    cover = coverage(config, group, now)
+    incident = Incident(
+        station_id=config.station.id,
+        group_id=group.id if group else None,
+        room_id=inbound.room_id,
+        group_name=group.display_name if group else (inbound.room_topic or inbound.room_id or ""),
+        route_id=route.id,
+        category=route.category,
+        severity=route.severity.value,
+        status=IncidentStatus.open,
+        reporter_id=inbound.sender_id,
+        reporter_name=inbound.sender_name,
+        text=inbound.text,
+        source_message_id=source_message_row,
+        assigned_officers=[o.id for o in cover.officers],
+        created_at=now,
+    )
+    session.add(incident)
+    await session.flush()  # the incident number goes into the texts below
+    add_event(session, incident, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
+    context = incident_context(config, incident, route=route, group=group, officers=cover.officers)
+
+    if reply_to_group and inbound.room_id:
+        reply = say(route.reply or config.texts.default_reply, context)
+        enqueue(session, account=config.station.id, conversation_id=inbound.room_id, is_room=True, text=reply,
+                now=now, kind="reply", priority=PRIORITY_URGENT, incident_id=incident.id,
+                mentions=[inbound.sender_id])
+        add_event(session, incident, "replied", now, None, reply)
+
+    ping = say(route.ping or config.texts.ping, context)
+    for officer in cover.officers:
+        _ping(session, live, incident, officer, ping, now, cover.reason)
+    return incident
+
+
+def _ping(
+    session: AsyncSession, live: ConfigVersion, incident: Incident, officer: OfficerConfig, text: str,
+    now: datetime, reason: str,
+) -> None:
+    enqueue(session, account=live.config.station.id, conversation_id=officer.wechat_id, is_room=False, text=text,
+            now=now, kind="ping", priority=PRIORITY_URGENT, incident_id=incident.id)
+    add_event(session, incident, "pinged", now, officer.id, reason)
+
+
+@dataclass(frozen=True)
+class AckResult:
+    incident: Incident | None
+    outcome: str  # "acknowledged", "already", "not_found", "nothing_open"
+
+
+async def acknowledge(
+    session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, number: int | None, now: datetime
+) -> AckResult:
+    """Acknowledge incident ``number``, or the officer's most recent unacknowledged one."""
+    config = live.config
+    station_id = config.station.id
+    if number is not None:
+        incident = await session.get(Incident, number)
+        if incident is None or incident.station_id != station_id:
+            return AckResult(None, "not_found")
+    else:
+        candidates = (
+            await session.scalars(
+                select(Incident)
+                .where(Incident.station_id == station_id, Incident.status == IncidentStatus.open)
+                .order_by(Incident.id.desc())
+                .limit(200)
+            )
+        ).all()
+        mine = [i for i in candidates if officer.id in (i.assigned_officers or [])]
+        if not mine:
+            return AckResult(None, "nothing_open")
+        incident = mine[0]
+
+    # Conditional update: two officers answering at once must not both acknowledge.
+    result = await session.execute(
+        update(Incident)
+        .where(Incident.id == incident.id, Incident.status == IncidentStatus.open)
+        .values(status=IncidentStatus.acknowledged, acknowledged_at=now, acknowledged_by=officer.id)
+        .execution_options(synchronize_session=False)
+    )
+    await session.refresh(incident)
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        return AckResult(incident, "already")
+
+    add_event(session, incident, "acknowledged", now, officer.id)
+    group = next((g for g in config.groups if g.id == incident.group_id), None)
+    context = incident_context(config, incident, group=group, officers=(officer,))
+    if incident.room_id:
+        text = say(config.texts.ack_group, context)
+        enqueue(session, account=station_id, conversation_id=incident.room_id, is_room=True, text=text, now=now,
+                kind="ack", priority=PRIORITY_URGENT, incident_id=incident.id)
+        add_event(session, incident, "group_told", now, None, text)
+    return AckResult(incident, "acknowledged")
+
+
+def ack_already_text(live: ConfigVersion, incident: Incident) -> str:
+    config = live.config
+    by = config.officer(incident.acknowledged_by or "")
+    context = incident_context(config, incident)
+    context["acked_by"] = by.name if by else (incident.acknowledged_by or "")
+    context["acked_at"] = local_time(config, incident.acknowledged_at) if incident.acknowledged_at else ""
+    return say(config.texts.ack_already, context)

@@ -1,0 +1,81 @@
+"""One inbound message end to end: drop our own echoes, store once, then route or obey.
+
+Everything one message causes (the stored message, an incident and its timeline, every reply and ping)
+is written in one transaction; the outbox sender delivers afterwards. A message id seen before, even
+from another process sharing the database, changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handlers.commands import handle_private
+from handlers.inbound import Inbound
+from handlers.incidents import open_incident
+from handlers.runtime import Station
+from models.tables import InboundMessage
+
+log = logging.getLogger(__name__)
+
+
+async def _store_once(session: AsyncSession, station: Station, inbound: Inbound, group_id: str | None) -> int | None:
+    """Insert the message; ``None`` when this (account, message id) was stored before."""
+    values = {
+        "account": inbound.account,
+        "message_id": inbound.message_id,
+        "room_id": inbound.room_id,
+        "group_id": group_id,
+        "sender_id": inbound.sender_id,
+        "sender_name": inbound.sender_name,
+        "text": inbound.text,
+        "kind": inbound.kind,
+        "sent_at": inbound.sent_at,
+        "received_at": station.now(),
+    }
+    insert = sqlite_insert if station.db.is_sqlite else pg_insert
+    statement = (
+        insert(InboundMessage)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["account", "message_id"])
+        .returning(InboundMessage.id)
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
+
+
+async def handle(station: Station, inbound: Inbound) -> str:
+    """Process one message; returns what happened (for logs and tests)."""
+    if inbound.is_self:
+        return "self"
+    live = station.current  # one config version for the whole message, even if a reload lands meanwhile
+    group = live.group_for(inbound.room_id, inbound.room_topic) if inbound.room_id else None
+    now = station.now()
+    async with station.db.session() as session, session.begin():
+        row_id = await _store_once(session, station, inbound, group.id if group else None)
+        if row_id is None:
+            return "duplicate"
+        if inbound.is_private:
+            outcome = await handle_private(session, live, inbound, now)
+        elif inbound.kind != "text" or not inbound.text.strip():
+            outcome = "not_text"
+        else:
+            decision = live.router.classify(inbound.text, group.id if group else None)
+            if not decision.matches:
+                outcome = "quiet"
+            else:
+                for position, match in enumerate(decision.matches):
+                    incident = await open_incident(
+                        session, live, inbound, group, match, now, row_id, reply_to_group=position == 0
+                    )
+                    log.info("incident #%s %s (%s) in %s", incident.id, match.route.id, match.route.severity,
+                             incident.group_name)
+                outcome = "incident:" + ",".join(m.route.id for m in decision.matches)
+        await session.execute(
+            update(InboundMessage).where(InboundMessage.id == row_id).values(outcome=outcome[:64])
+        )
+    station.outbox_ready.set()
+    return outcome

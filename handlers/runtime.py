@@ -1,0 +1,67 @@
+"""The live, swappable view of a config version, and the services every handler shares."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from bot.config.schema import Config, GroupConfig, OfficerConfig
+from handlers.routing import Router
+from models.db import Database
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ConfigVersion:
+    """Everything derived from one config, built once at load so that no message pays for it."""
+
+    config: Config
+    router: Router
+    version: str
+    groups_by_room: dict[str, GroupConfig]
+    groups_by_topic: dict[str, GroupConfig]
+    officers_by_wechat: dict[str, OfficerConfig]
+
+    @classmethod
+    def build(cls, config: Config, source_text: str = "") -> ConfigVersion:
+        digest = hashlib.sha256((source_text or config.model_dump_json()).encode()).hexdigest()[:12]
+        return cls(
+            config=config,
+            router=Router(config),
+            version=digest,
+            groups_by_room={g.room_id: g for g in config.groups if g.room_id},
+            groups_by_topic={g.topic: g for g in config.groups if g.topic},
+            officers_by_wechat={o.wechat_id: o for o in config.officers},
+        )
+
+    def group_for(self, room_id: str | None, topic: str | None) -> GroupConfig | None:
+        if room_id and room_id in self.groups_by_room:
+            return self.groups_by_room[room_id]
+        if topic and topic in self.groups_by_topic:
+            return self.groups_by_topic[topic]
+        return None
+
+
+@dataclass
+class Station:
+    """One station account's shared services. ``current`` is replaced whole on reload."""
+
+    current: ConfigVersion
+    db: Database
+    clock: Clock = system_clock
+    outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def id(self) -> str:
+        return self.current.config.station.id
+
+    def now(self) -> datetime:
+        return self.clock()

@@ -1,0 +1,202 @@
+"""gonghao command line: run the station's public account, check a config, test routing.
+
+Thin on purpose: it parses arguments and calls the code production uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "config.yaml"
+CATEGORY_HELP = (
+    "categories: fire, lost_child, scam, none, and the other categories the config defines "
+    "(the default config: see `categories:` in config.yaml)"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python main.py",
+        description="公号 gonghao: a police station's public account in residents' WeChat groups. "
+        "With no command, runs the bot: on the puppet service named by WECHATY_PUPPET_SERVICE_TOKEN and "
+        "WECHATY_PUPPET_SERVICE_ENDPOINT, or, with no token set, on the built-in sandbox.",
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="path to config.yaml (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # --config is accepted after the command too ("main.py check --config x.yaml")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="path to config.yaml")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", parents=[common], help="run the bot (the default command)")
+    _run_arguments(run)
+
+    commands.add_parser("check", parents=[common], help="validate the config and exit (non-zero with the errors when invalid)")
+
+    route = commands.add_parser(
+        "route", parents=[common], help="show which routes a message matches and why",
+        description="Explain routing decisions with the matcher production uses. " + CATEGORY_HELP,
+    )
+    route.add_argument("text", nargs="?", help="the message text")
+    route.add_argument("--group", help="group id (routes scoped to groups, and who would be pinged)")
+    route.add_argument("--at", help='local time, e.g. "2026-11-28 23:00" (default: now)')
+    route.add_argument("--jsonl", action="store_true",
+                       help='read messages from stdin (plain lines or {"id":..,"text":..}); write one JSON per line')
+    _run_arguments(parser)  # `python main.py --sandbox-port ...` without `run`
+    return parser
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sandbox-host", default="127.0.0.1", help="sandbox bind address (default: %(default)s)")
+    parser.add_argument("--sandbox-web-port", type=int, default=8700,
+                        help="sandbox web chat port (default: %(default)s; 0 = any free port)")
+    parser.add_argument("--sandbox-grpc-port", type=int, default=0,
+                        help="sandbox puppet-service port (default: any free port)")
+    parser.add_argument("--sandbox-world", help="sandbox world YAML (default: the built-in one)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        for noisy in ("Wechaty", "PuppetService", "Message", "Contact", "Room", "WechatyPluginManager",
+                      "apscheduler", "grpclib", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    command = args.command or "run"
+    if command == "check":
+        return cmd_check(args.config)
+    if command == "route":
+        return cmd_route(args)
+    return asyncio.run(cmd_run(args))
+
+
+def _load_or_report(path: str) -> Any:
+    from bot.config.loader import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"配置无效 / invalid config: {path}", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return None
+
+
+def cmd_check(path: str) -> int:
+    config = _load_or_report(path)
+    if config is None:
+        return 2
+    from handlers.routing import Router
+
+    router = Router(config)
+    routes = sum(1 for _ in router.all_routes())
+    print(f"{path}: OK — station {config.station.id} ({config.station.name}), {len(config.groups)} groups, "
+          f"{len(config.officers)} officers, {routes} routes, {router.keyword_count} keywords")
+    return 0
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 2
+    from handlers.explain import explain_text, parse_local_time
+    from handlers.routing import Router
+
+    router = Router(config)
+    if args.jsonl:
+        for line in sys.stdin:
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            ident: Any = None
+            text = line
+            if line.lstrip().startswith("{"):
+                try:
+                    item = json.loads(line)
+                    ident, text = item.get("id"), str(item.get("text", ""))
+                except json.JSONDecodeError:
+                    pass
+            decision = router.classify(text, args.group)
+            first = decision.first
+            print(json.dumps({
+                "id": ident,
+                "category": decision.category,
+                "route": first.route.id if first else None,
+                "severity": first.route.severity.value if first else None,
+            }, ensure_ascii=False), flush=True)
+        return 0
+    if args.text is None:
+        print("route: give a message text, or --jsonl to read stdin", file=sys.stderr)
+        return 2
+    try:
+        at = parse_local_time(config, args.at) if args.at else datetime.now(config.zone)
+    except ValueError as exc:
+        print(f"route: --at: {exc}", file=sys.stderr)
+        return 2
+    print(explain_text(config, router, args.text, args.group, at))
+    return 0
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from bot.app import App, puppet_from_env
+    from bot.config.loader import ConfigError
+    from bot.connection import ConnectionFailed
+
+    if _load_or_report(args.config) is None:
+        return 2
+    try:
+        puppet = puppet_from_env()
+    except ConnectionFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sandbox = None
+    if puppet is None:
+        import secrets
+
+        from bot.sandbox import Sandbox, load_world
+
+        world = load_world(Path(args.sandbox_world) if args.sandbox_world else None)
+        sandbox = Sandbox(world, token=f"sandbox-{secrets.token_hex(8)}", host=args.sandbox_host,
+                          grpc_port=args.sandbox_grpc_port, web_port=args.sandbox_web_port)
+        await sandbox.start()
+        print(f"沙盒已启动 / sandbox running: web chat {sandbox.web_url}  (puppet service {sandbox.endpoint})",
+              flush=True)
+
+    app = App(args.config, puppet=puppet, sandbox=sandbox)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    code = 0
+    try:
+        await app.start()
+        await app.wait_logged_in()
+        print("公号已上线 / the bot is logged in and listening. Ctrl-C stops it.", flush=True)
+        await app.run_until_stopped(stop)
+    except ConfigError as exc:
+        print(f"配置无效 / invalid config:\n{exc}", file=sys.stderr)
+        code = 2
+    except (ConnectionFailed, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        await app.stop()
+        if sandbox is not None:
+            await sandbox.stop()
+    print("已停止 / stopped.", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

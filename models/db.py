@@ -1,0 +1,54 @@
+"""Engine and sessions for a SQLite file or a PostgreSQL URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from models.base import Base
+
+
+class Database:
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        """``schema`` (PostgreSQL only) puts every table in that schema, e.g. one per test run."""
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        connect_args: dict[str, object] = {}
+        if schema and not self.is_sqlite:
+            connect_args["server_settings"] = {"search_path": schema}
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_pre_ping=not self.is_sqlite, connect_args=connect_args
+        )
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def session(self) -> AsyncSession:
+        return self.sessions()
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    # WAL lets the sender loop read while a handler writes; the busy timeout rides out short write locks.
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

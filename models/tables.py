@@ -1,0 +1,113 @@
+"""The rows that must survive a crash: messages, incidents with their timelines, and the outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from models.base import Base, UTCDateTime
+
+# SQLite autoincrements only INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class InboundMessage(Base):
+    """Every message the bot saw in a group or in private, once per (account, WeChat message id)."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (UniqueConstraint("account", "message_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str] = mapped_column(String(128))
+    room_id: Mapped[str | None] = mapped_column(String(128))
+    group_id: Mapped[str | None] = mapped_column(String(64))
+    sender_id: Mapped[str] = mapped_column(String(128))
+    sender_name: Mapped[str] = mapped_column(String(256), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column(String(16), default="text")
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(64))
+
+
+class IncidentStatus(StrEnum):
+    open = "open"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_station_status", "station_id", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    station_id: Mapped[str] = mapped_column(String(64))
+    group_id: Mapped[str | None] = mapped_column(String(64))
+    room_id: Mapped[str | None] = mapped_column(String(128))
+    group_name: Mapped[str] = mapped_column(String(256), default="")
+    route_id: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(4))
+    status: Mapped[str] = mapped_column(String(16), default=IncidentStatus.open)
+    reporter_id: Mapped[str] = mapped_column(String(128))
+    reporter_name: Mapped[str] = mapped_column(String(256), default="")
+    text: Mapped[str] = mapped_column(Text)
+    source_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
+    assigned_officers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    events: Mapped[list[IncidentEvent]] = relationship(
+        back_populates="incident", order_by="IncidentEvent.id", cascade="all, delete-orphan"
+    )
+
+
+class IncidentEvent(Base):
+    """One line of an incident's timeline: reported, replied, pinged, acknowledged, …"""
+
+    __tablename__ = "incident_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str | None] = mapped_column(String(128))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    incident: Mapped[Incident] = relationship(back_populates="events")
+
+
+class OutboxStatus(StrEnum):
+    pending = "pending"
+    sent = "sent"
+    failed = "failed"
+
+
+class OutboxMessage(Base):
+    """Every message the bot sends is written here first (in the transaction that decided it), then sent."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_account_status", "account", "status", "priority", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(64))
+    conversation_id: Mapped[str] = mapped_column(String(128))
+    is_room: Mapped[bool] = mapped_column(default=False)
+    text: Mapped[str] = mapped_column(Text)
+    mentions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # lower goes first
+    kind: Mapped[str] = mapped_column(String(32), default="reply")
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"))
+    status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)  # retry backoff
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_message_id: Mapped[str | None] = mapped_column(String(128))

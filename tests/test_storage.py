@@ -1,0 +1,129 @@
+"""The handlers on real databases (a SQLite file and PostgreSQL): what one message stores and queues."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from bot.config.loader import load_config
+from handlers import pipeline
+from handlers.inbound import Inbound
+from handlers.runtime import ConfigVersion, Station
+from models.db import Database
+from models.tables import InboundMessage, Incident, IncidentEvent, OutboxMessage
+from tests.conftest import ROOT, FakeClock
+
+
+def make_station(database: Database, clock: FakeClock) -> Station:
+    return Station(ConfigVersion.build(load_config(ROOT / "config.yaml")), database, clock)
+
+
+def resident_says(text: str, message_id: str, clock: FakeClock, *, room: str | None = "jinxiu@chatroom",
+                  sender: str = "wxid_res_01", name: str = "张阿姨") -> Inbound:
+    return Inbound(account="huamu", message_id=message_id, sender_id=sender, sender_name=name, room_id=room,
+                   room_topic="锦绣小区平安群" if room else None, text=text, kind="text", mentions=(),
+                   mentions_bot=False, sent_at=clock())
+
+
+async def outbox(database: Database) -> list[OutboxMessage]:
+    async with database.session() as session:
+        return list((await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all())
+
+
+async def test_report_opens_incident_with_reply_ping_and_timeline(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    outcome = await pipeline.handle(station, resident_says("楼道闻到一股烟焦味!", "m1", clock))
+    assert outcome == "incident:fire"
+    async with database.session() as session:
+        incident = (await session.scalars(select(Incident))).one()
+        kinds = [e.kind for e in (await session.scalars(
+            select(IncidentEvent).where(IncidentEvent.incident_id == incident.id).order_by(IncidentEvent.id)))]
+        stored = (await session.scalars(select(InboundMessage))).one()
+    assert (incident.category, incident.severity, incident.status) == ("fire", "P1", "open")
+    assert incident.assigned_officers == ["wang"]  # Friday 10:00: the group's own officer is on shift
+    assert incident.created_at == clock()
+    assert kinds == ["reported", "replied", "pinged"]
+    assert stored.outcome == "incident:fire" and stored.group_id == "jinxiu"
+    rows = await outbox(database)
+    assert [(r.conversation_id, r.kind) for r in rows] == [("jinxiu@chatroom", "reply"), ("wxid_officer_wang", "ping")]
+    assert "119" in rows[0].text
+    ping = rows[1].text
+    for expected in (f"#{incident.id}", "锦绣小区平安群", "张阿姨", "楼道闻到一股烟焦味!", "2026-11-27 10:00",
+                     f"收到 {incident.id}"):
+        assert expected in ping
+
+
+async def test_off_shift_report_goes_to_duty_officer(database: Database, clock: FakeClock) -> None:
+    clock.set_local("2026-11-28 23:00")  # Saturday night
+    station = make_station(database, clock)
+    await pipeline.handle(station, resident_says("有人拿裸聊视频威胁我转钱", "m1", clock))
+    rows = await outbox(database)
+    assert [r.conversation_id for r in rows if r.kind == "ping"] == ["wxid_officer_li"]
+
+
+async def test_same_message_twice_makes_one_incident(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    first, second = await asyncio.gather(
+        pipeline.handle(station, resident_says("楼道着火了", "dup-1", clock)),
+        pipeline.handle(station, resident_says("楼道着火了", "dup-1", clock)),
+    )
+    assert sorted([first, second]) == ["duplicate", "incident:fire"]
+    assert await pipeline.handle(station, resident_says("楼道着火了", "dup-1", clock)) == "duplicate"
+    async with database.session() as session:
+        assert await session.scalar(select(func.count()).select_from(Incident)) == 1
+        assert await session.scalar(select(func.count()).select_from(InboundMessage)) == 1
+
+
+async def test_chit_chat_is_stored_but_quiet(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    assert await pipeline.handle(station, resident_says("今晚吃火锅吗", "m1", clock)) == "quiet"
+    assert await pipeline.handle(station, resident_says("孩子放学了", "m2", clock)) == "quiet"
+    assert await outbox(database) == []
+
+
+async def test_officer_acknowledges_by_word_and_by_number(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    await pipeline.handle(station, resident_says("楼道着火了", "m1", clock))
+    await pipeline.handle(station, resident_says("一个小男孩光着脚在找妈妈", "m2", clock, sender="wxid_res_02"))
+    clock.current += timedelta(minutes=2)
+    officer = dict(sender="wxid_officer_wang", name="王警官", room=None)
+    assert await pipeline.handle(station, resident_says("收到", "a1", clock, **officer)) == "ack_acknowledged"
+    async with database.session() as session:
+        incidents = {i.id: i for i in (await session.scalars(select(Incident))).all()}
+    newest, oldest = max(incidents), min(incidents)
+    assert incidents[newest].status == "acknowledged"  # "收到" takes the most recent unacknowledged one
+    assert incidents[newest].acknowledged_by == "wang"
+    assert incidents[newest].acknowledged_at == clock()
+    assert incidents[oldest].status == "open"
+    assert await pipeline.handle(station, resident_says(f"收到 {oldest}", "a2", clock, **officer)) == "ack_acknowledged"
+    assert await pipeline.handle(station, resident_says(f"收到{oldest}", "a3", clock, **officer)) == "ack_already"
+    assert await pipeline.handle(station, resident_says("收到 99999", "a4", clock, **officer)) == "ack_not_found"
+    assert await pipeline.handle(station, resident_says("收到", "a5", clock, **officer)) == "ack_nothing_open"
+    rows = await outbox(database)
+    group_acks = [r for r in rows if r.kind == "ack"]
+    assert len(group_acks) == 2 and all("王警官已接警" in r.text for r in group_acks)
+    replies = [r.text for r in rows if r.kind == "command_reply"]
+    assert replies[0].startswith("已确认接警")
+    assert "没有找到警情 #99999" in replies[3]
+
+
+async def test_resident_cannot_acknowledge(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    await pipeline.handle(station, resident_says("楼道着火了", "m1", clock))
+    # privately, and in the group
+    assert await pipeline.handle(station, resident_says("收到", "r1", clock, room=None)) == "refused_not_officer"
+    assert await pipeline.handle(station, resident_says("收到", "r2", clock)) == "quiet"
+    async with database.session() as session:
+        assert (await session.scalars(select(Incident))).one().status == "open"
+    refusal = [r for r in await outbox(database) if r.conversation_id == "wxid_res_01" and not r.is_room]
+    assert len(refusal) == 1 and "110" in refusal[0].text
+
+
+async def test_bot_ignores_its_own_messages(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    echo = resident_says("楼道着火了", "self-1", clock, sender="wxid_gonghao_bot")
+    assert await pipeline.handle(station, Inbound(**{**echo.__dict__, "is_self": True})) == "self"
+    async with database.session() as session:
+        assert await session.scalar(select(func.count()).select_from(InboundMessage)) == 0
