@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("text", nargs="?", help="the message text")
     route.add_argument("--group", help="group id (routes scoped to groups, and who would be pinged)")
     route.add_argument("--at", help='local time, e.g. "2026-11-28 23:00" (default: now)')
+    route.add_argument("--test", metavar="FILE.yaml",
+                       help="check a list of expectations (text, optional group/at, category and/or route); "
+                       "exits 1 on any mismatch")
     route.add_argument("--jsonl", action="store_true",
                        help='read messages from stdin (plain lines or {"id":..,"text":..}); write one JSON per line')
     _run_arguments(parser)  # `python main.py --sandbox-port ...` without `run`
@@ -114,6 +117,8 @@ def cmd_route(args: argparse.Namespace) -> int:
     from handlers.routing import Router
 
     router = Router(config)
+    if args.test:
+        return _route_test(config, router, Path(args.test))
     if args.jsonl:
         for line in sys.stdin:
             line = line.rstrip("\n")
@@ -148,6 +153,26 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _route_test(config: Any, router: Any, path: Path) -> int:
+    from bot.config.loader import ConfigError
+    from handlers.route_test import load_expectations, run_expectations
+
+    try:
+        items = load_expectations(path)
+    except (ConfigError, OSError) as exc:
+        print(f"route --test: {exc}", file=sys.stderr)
+        return 2
+    outcomes = run_expectations(config, router, items)
+    failed = [o for o in outcomes if not o.passed]
+    for outcome in failed:
+        wanted = outcome.expectation
+        expected = " ".join(f"{k}={v}" for k, v in (("category", wanted.category), ("route", wanted.route)) if v)
+        print(f"FAIL {path}:{outcome.line}: {wanted.text!r}: expected {expected}, "
+              f"got category={outcome.category} route={outcome.route or 'none'}")
+    print(f"{len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import App, puppet_from_env
     from bot.config.loader import ConfigError
@@ -178,6 +203,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)  # `kill -HUP <pid>` reloads config.yaml
     code = 0
     try:
         await app.start()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.config.loader import load_config
+from bot.config.loader import ConfigError, ConfigIssue, load_config
 from bot.connection import Connection, ConnectionFailed
 from bot.sender import run_sender
 from handlers import pipeline
@@ -56,12 +56,16 @@ class App:
         sandbox: Sandbox | None = None,
         clock: Clock = system_clock,
         database_url: str | None = None,
+        watch: bool = True,
     ) -> None:
         self.config_path = Path(config_path)
         self.puppet = puppet
         self.sandbox = sandbox
         self.clock = clock
         self.database_url = database_url
+        self.watch = watch
+        self.reloaded = asyncio.Event()  # set whenever a new config version goes live
+        self.watching = asyncio.Event()  # set once the config file watcher is running
         self.station: Station | None = None
         self.connection: Connection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -77,6 +81,8 @@ class App:
         log.info("config %s, database %s", self.config_path, database.safe_url)
         await database.create_schema()
         self.station = Station(ConfigVersion.build(config, text), database, self.clock)
+        log.info("config version %s live (%s routes, %s keywords)", self.station.current.version,
+                 sum(1 for _ in self.station.current.router.all_routes()), self.station.current.router.keyword_count)
 
         target = self.puppet
         if target is None:
@@ -101,6 +107,58 @@ class App:
         self._tasks.append(
             asyncio.create_task(run_sender(self.station, self.connection, self.connection.logged_in), name="sender")
         )
+        if self.watch:
+            self._tasks.append(asyncio.create_task(self.watch_config(), name="config-watch"))
+
+    def reload(self) -> list[ConfigIssue]:
+        """Validate the config file again and swap it in between messages; on errors keep the running one.
+
+        Returns the problems found (empty when the new version is live or nothing changed).
+        """
+        if self.station is None:  # not started yet: start() reads the file anyway
+            return []
+        try:
+            text = self.config_path.read_text(encoding="utf-8")
+            config = load_config(self.config_path)
+        except OSError as exc:
+            issue = ConfigIssue(str(self.config_path), None, "", f"cannot read the file: {exc}")
+            log.error("config reload rejected, keeping version %s: %s", self.station.current.version, issue)
+            return [issue]
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("config reload rejected, keeping version %s: %s", self.station.current.version, issue)
+            return exc.issues
+        running = self.station.current
+        candidate = ConfigVersion.build(config, text)
+        if candidate.version == running.version:
+            return []
+        issues = []
+        if config.station.id != running.config.station.id or config.database != running.config.database:
+            issues.append(ConfigIssue(str(self.config_path), None, "station.id/database",
+                                      "changing the station id or the database needs a restart"))
+            log.error("config reload rejected, keeping version %s: %s", running.version, issues[0])
+            return issues
+        self.station.current = candidate  # one assignment: each message sees one version whole
+        log.info("config version %s live (was %s)", candidate.version, running.version)
+        self.reloaded.set()
+        return []
+
+    async def watch_config(self) -> None:
+        """Reload whenever the config file changes on disk.
+
+        Watches the folder, not the file: editors often save by writing a new file and renaming it over
+        the old one, which a watch on the file itself would lose.
+        """
+        import watchfiles
+
+        target = self.config_path.resolve()
+        async for changes in watchfiles.awatch(
+            target.parent, watch_filter=lambda _change, path: Path(path) == target, debounce=300,
+            recursive=False, yield_on_timeout=True, rust_timeout=1000,
+        ):
+            self.watching.set()  # the first (possibly empty) batch means the watcher is live
+            if changes:
+                self.reload()
 
     async def _on_inbound(self, inbound: Inbound) -> None:
         assert self.station is not None

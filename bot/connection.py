@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.wechaty_compat import load_wechaty
+from bot.wechaty_compat import isolate_bot, load_wechaty
 from handlers.inbound import Inbound
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Connection:
         log.info("connecting to puppet service %s (token %s)", self.endpoint, redact(self.token))
         try:
             await bot.init_puppet()
+            isolate_bot(bot)
             await bot.init_puppet_event_bridge(bot.puppet)
             await bot.puppet.start()  # returns when the event stream ends
         except asyncio.CancelledError:

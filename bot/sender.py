@@ -22,6 +22,13 @@ class Transport(Protocol):
         ...
 
 
+def _reraise_if_cancelled() -> None:
+    """grpclib turns a cancellation during a call into StreamTerminatedError; don't let that eat a stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def backoff(attempt: int) -> timedelta:
     return timedelta(seconds=min(2 ** attempt, 300))
 
@@ -39,6 +46,7 @@ async def drain_once(station: Station, transport: Transport) -> int:
                 message_id = await transport.send(row.conversation_id, row.text, is_room=row.is_room,
                                                   mentions=list(row.mentions or []))
             except Exception as exc:
+                _reraise_if_cancelled()
                 attempt = row.attempts + 1
                 retry_at = station.now() + backoff(attempt) if attempt < MAX_ATTEMPTS else None
                 log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, attempt, exc)
@@ -58,6 +66,7 @@ async def run_sender(station: Station, transport: Transport, ready: asyncio.Even
         try:
             await drain_once(station, transport)
         except Exception:
+            _reraise_if_cancelled()
             log.exception("outbox sender error; retrying")
         try:
             await asyncio.wait_for(station.outbox_ready.wait(), IDLE_CHECK_SECONDS)

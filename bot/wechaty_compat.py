@@ -47,3 +47,28 @@ def load_wechaty(cache_dir: str | Path | None = None) -> ModuleType:
     import wechaty
 
     return wechaty
+
+
+async def _nothing(*_args: object, **_kwargs: object) -> None:
+    return None
+
+
+def isolate_bot(bot: object) -> None:
+    """Make one ``Wechaty`` instance safe to run beside (or after) another in the same process.
+
+    Call after ``bot.init_puppet()``, which creates the per-bot user classes.
+
+    * ``Contact``, ``Room`` and ``Tag`` keep class-level caches that every bot's subclasses share, and a
+      cached object stays bound to the bot that loaded it: a second bot (a reconnect, another station,
+      the next test) would send through a dead puppet. Each bot gets its own caches.
+    * On login python-wechaty starts its plugin web server: it probes 127.0.0.1:5000 and refuses to log
+      in if anything listens there, and starts an APScheduler. We use no plugins, so both are disabled,
+      and so is the per-event plugin dispatch.
+    """
+    for name in ("Contact", "ContactSelf", "Room", "Tag"):
+        cls = getattr(bot, name, None)
+        if cls is not None:
+            cls._pool = {}
+    manager = bot._plugin_manager  # type: ignore[attr-defined]
+    manager.start = _nothing
+    manager.emit_events = _nothing

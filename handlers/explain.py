@@ -27,7 +27,7 @@ def _describe_hits(original: str, offsets: list[int], hits: tuple[KeywordHit, ..
 
 
 def explain_text(config: Config, router: Router, text: str, group_id: str | None, at: datetime) -> str:
-    decision, offsets = router.explain(text, group_id)
+    decision, offsets = router.explain(text, group_id, at)
     return render_explanation(config, decision, offsets, text, group_id, at)
 
 

@@ -4,7 +4,7 @@ officer covering the group. All in the caller's transaction, so a crash loses no
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +23,59 @@ def add_event(
     session: AsyncSession, incident: Incident, kind: str, at: datetime, actor: str | None = None, detail: str = ""
 ) -> None:
     session.add(IncidentEvent(incident_id=incident.id, kind=kind, at=at, actor=actor, detail=detail))
+
+
+async def report(
+    session: AsyncSession,
+    live: ConfigVersion,
+    inbound: Inbound,
+    group: GroupConfig | None,
+    match: RouteMatch,
+    now: datetime,
+    source_message_row: int | None,
+    reply_to_group: bool = True,
+) -> tuple[Incident, bool]:
+    """Join an open incident of the same route in the same group within its dedup window, or open one.
+
+    Returns the incident and whether the report joined an existing one.
+    """
+    existing = await _joinable(session, live, inbound, match, now)
+    if existing is None:
+        incident = await open_incident(
+            session, live, inbound, group, match, now, source_message_row, reply_to_group
+        )
+        return incident, False
+    add_event(session, existing, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
+    if reply_to_group and inbound.room_id:
+        context = incident_context(live.config, existing, group=group)
+        reply = say(live.config.texts.joined_reply, context)
+        enqueue(session, account=live.config.station.id, conversation_id=inbound.room_id, is_room=True,
+                text=reply, now=now, kind="reply", priority=PRIORITY_URGENT, incident_id=existing.id,
+                mentions=[inbound.sender_id])
+        add_event(session, existing, "replied", now, None, reply)
+    return existing, True
+
+
+async def _joinable(
+    session: AsyncSession, live: ConfigVersion, inbound: Inbound, match: RouteMatch, now: datetime
+) -> Incident | None:
+    window = match.route.dedup_minutes
+    if not window or not inbound.room_id:
+        return None
+    return (
+        await session.scalars(
+            select(Incident)
+            .where(
+                Incident.station_id == live.config.station.id,
+                Incident.room_id == inbound.room_id,
+                Incident.route_id == match.route.id,
+                Incident.status != IncidentStatus.resolved,
+                Incident.created_at >= now - timedelta(minutes=window),
+            )
+            .order_by(Incident.id.desc())
+            .limit(1)
+        )
+    ).first()
 
 
 async def open_incident(

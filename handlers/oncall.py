@@ -9,9 +9,9 @@ the weekday it started on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from bot.config.schema import WEEKDAYS, Config, GroupConfig, OfficerConfig, Role, ShiftConfig
+from bot.config.schema import Config, GroupConfig, OfficerConfig, Role
 
 
 @dataclass(frozen=True)
@@ -21,18 +21,9 @@ class Coverage:
     own_officer_on_shift: bool
 
 
-def shift_covers(shift: ShiftConfig, local: datetime) -> bool:
-    now = local.time()
-    today = WEEKDAYS[local.weekday()]
-    if shift.start <= shift.end:
-        return today in shift.days and shift.start <= now < shift.end
-    yesterday = WEEKDAYS[(local - timedelta(days=1)).weekday()]
-    return (today in shift.days and now >= shift.start) or (yesterday in shift.days and now < shift.end)
-
-
 def on_shift(config: Config, officer_id: str, at: datetime) -> bool:
     local = at.astimezone(config.zone)
-    return any(shift.officer == officer_id and shift_covers(shift, local) for shift in config.shifts)
+    return any(shift.officer == officer_id and shift.covers(local) for shift in config.shifts)
 
 
 def coverage(config: Config, group: GroupConfig | None, at: datetime) -> Coverage:

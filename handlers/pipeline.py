@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.commands import handle_private
 from handlers.inbound import Inbound
-from handlers.incidents import open_incident
+from handlers.incidents import report
 from handlers.runtime import Station
 from models.tables import InboundMessage
 
@@ -63,17 +63,19 @@ async def handle(station: Station, inbound: Inbound) -> str:
         elif inbound.kind != "text" or not inbound.text.strip():
             outcome = "not_text"
         else:
-            decision = live.router.classify(inbound.text, group.id if group else None)
+            decision = live.router.classify(inbound.text, group.id if group else None, inbound.sent_at)
             if not decision.matches:
                 outcome = "quiet"
             else:
+                results = []
                 for position, match in enumerate(decision.matches):
-                    incident = await open_incident(
+                    incident, joined = await report(
                         session, live, inbound, group, match, now, row_id, reply_to_group=position == 0
                     )
-                    log.info("incident #%s %s (%s) in %s", incident.id, match.route.id, match.route.severity,
-                             incident.group_name)
-                outcome = "incident:" + ",".join(m.route.id for m in decision.matches)
+                    log.info("incident #%s %s %s (%s) in %s", incident.id, "joined" if joined else "opened",
+                             match.route.id, match.route.severity, incident.group_name)
+                    results.append(("joined:" if joined else "") + match.route.id)
+                outcome = "incident:" + ",".join(results)
         await session.execute(
             update(InboundMessage).where(InboundMessage.id == row_id).values(outcome=outcome[:64])
         )

@@ -10,7 +10,8 @@ Semantics (modelled on Alertmanager's routing tree):
 * When a route matches, its children are tried in order and the first matching child (recursively)
   is the result; if none matches, the route itself is. Children inherit category, severity, reply and
   ping from their parent when they leave them unset.
-* Scope: a route with ``groups`` only applies to messages in those groups.
+* Scope: a route with ``groups`` only applies to messages in those groups, and one with ``active``
+  windows only at those local times (children inherit both).
 
 Every keyword of every route sits in one automaton with overlapping matching, so a keyword nested in
 another (刷单 inside 刷单返利) is still seen. Only routes a hit points at (plus routes with regexes)
@@ -22,10 +23,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import ahocorasick_rs
 
-from bot.config.schema import Config, RouteConfig, Severity
+from bot.config.schema import Config, RouteConfig, Severity, WeeklyWindow
 from handlers.normalize import normalize, normalize_with_offsets
 
 DEFAULT_SEVERITY = Severity.P2
@@ -43,6 +46,8 @@ class Route:
     ping: str | None
     continue_: bool
     groups: frozenset[str]
+    active: tuple[WeeklyWindow, ...]
+    dedup_minutes: int
     any_words: frozenset[int]
     all_groups: tuple[frozenset[int], ...]
     regexes: tuple[re.Pattern[str], ...]
@@ -90,6 +95,12 @@ class Decision:
         return self.matches[0].route.category if self.matches else "none"
 
 
+@dataclass(frozen=True)
+class _Scope:
+    group_id: str | None
+    local: datetime | None  # None: time-independent (routes with active windows apply)
+
+
 @dataclass
 class _Scan:
     """What one message contains: keyword indexes present, with their positions."""
@@ -103,6 +114,7 @@ class Router:
     def __init__(self, config: Config) -> None:
         self._keywords: list[str] = []
         self._keyword_index: dict[str, int] = {}
+        self.zone = ZoneInfo(config.timezone)
         labels = dict(config.categories)
         self.routes: tuple[Route, ...] = tuple(
             self._compile(route, None, labels) for route in config.routes
@@ -144,7 +156,9 @@ class Router:
             reply=cfg.reply if cfg.reply is not None else (parent.reply if parent else None),
             ping=cfg.ping if cfg.ping is not None else (parent.ping if parent else None),
             continue_=cfg.continue_,
-            groups=frozenset(cfg.groups) | (parent.groups if parent else frozenset()),
+            groups=frozenset(cfg.groups) or (parent.groups if parent else frozenset()),
+            active=tuple(cfg.active) or (parent.active if parent else ()),
+            dedup_minutes=cfg.dedup_minutes,
             any_words=frozenset(self._word(w) for w in cfg.match.any),
             all_groups=tuple(frozenset(self._word(w) for w in group) for group in cfg.match.all),
             regexes=tuple(re.compile(p) for p in cfg.match.regex),
@@ -175,16 +189,20 @@ class Router:
                 scan.positions.setdefault(index, []).append((start, end))
         return scan
 
-    def classify(self, text: str, group_id: str | None = None) -> Decision:
-        """The production decision for one message."""
-        return self._decide(self._scan(normalize(text), with_positions=False), group_id, explain=False)
+    def classify(self, text: str, group_id: str | None = None, at: datetime | None = None) -> Decision:
+        """The production decision for one message (``at``: when it was said; matters for ``active`` routes)."""
+        scope = _Scope(group_id, at.astimezone(self.zone) if at else None)
+        return self._decide(self._scan(normalize(text), with_positions=False), scope, explain=False)
 
-    def explain(self, text: str, group_id: str | None = None) -> tuple[Decision, list[int]]:
+    def explain(
+        self, text: str, group_id: str | None = None, at: datetime | None = None
+    ) -> tuple[Decision, list[int]]:
         """The same decision, with keyword positions and vetoes; also the map back to ``text``."""
         normalized, offsets = normalize_with_offsets(text)
-        return self._decide(self._scan(normalized, with_positions=True), group_id, explain=True), offsets
+        scope = _Scope(group_id, at.astimezone(self.zone) if at else None)
+        return self._decide(self._scan(normalized, with_positions=True), scope, explain=True), offsets
 
-    def _decide(self, scan: _Scan, group_id: str | None, explain: bool) -> Decision:
+    def _decide(self, scan: _Scan, scope: _Scope, explain: bool) -> Decision:
         candidates = set(self._always)
         for word in scan.present:
             candidates |= self._routes_by_word.get(word, set())
@@ -194,7 +212,7 @@ class Router:
         vetoes: list[Veto] = []
         for position in sorted(candidates):
             route = self.routes[position]
-            found = self._match_tree(route, scan, group_id, vetoes if explain else None, explain)
+            found = self._match_tree(route, scan, scope, vetoes if explain else None, explain)
             if found is not None:
                 matches.append(found)
                 if not route.continue_:
@@ -202,9 +220,11 @@ class Router:
         return Decision(scan.text, tuple(matches), tuple(vetoes))
 
     def _match_tree(
-        self, route: Route, scan: _Scan, group_id: str | None, vetoes: list[Veto] | None, explain: bool
+        self, route: Route, scan: _Scan, scope: _Scope, vetoes: list[Veto] | None, explain: bool
     ) -> RouteMatch | None:
-        if route.groups and group_id not in route.groups:
+        if route.groups and scope.group_id not in route.groups:
+            return None
+        if route.active and scope.local is not None and not any(w.covers(scope.local) for w in route.active):
             return None
         if route.exclude_words & scan.present:
             if vetoes is not None and (route.has_own_match and self._own_match(route, scan, explain)):
@@ -214,7 +234,7 @@ class Router:
         if route.has_own_match and own is None:
             return None
         for child in route.children:
-            found = self._match_tree(child, scan, group_id, vetoes, explain)
+            found = self._match_tree(child, scan, scope, vetoes, explain)
             if found is not None:
                 return found
         return own

@@ -139,3 +139,28 @@ DEFAULT_CASES = [
 def test_default_config_routes(text: str, category: str) -> None:
     router = Router(load_config(ROOT / "config.yaml"))
     assert router.classify(text, "jinxiu").category == category
+
+
+ACTIVE = """\
+station: {id: s1, name: 测试派出所}
+officers:
+  - {id: wang, name: 王警官, wechat_id: wxid_wang, role: community}
+routes:
+  - id: night_noise
+    category: noise
+    active: [{days: daily, start: "22:00", end: "06:00"}]
+    match: {any: [噪音]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("local", "expected"),
+    [("2026-11-28 23:00", ["night_noise"]), ("2026-11-29 05:59", ["night_noise"]), ("2026-11-28 12:00", [])],
+)
+def test_active_hours(local: str, expected: list[str]) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    router = Router(parse_config(ACTIVE))
+    at = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("Asia/Shanghai"))
+    assert [m.route.id for m in router.classify("楼上噪音", None, at).matches] == expected

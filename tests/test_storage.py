@@ -127,3 +127,22 @@ async def test_bot_ignores_its_own_messages(database: Database, clock: FakeClock
     assert await pipeline.handle(station, Inbound(**{**echo.__dict__, "is_self": True})) == "self"
     async with database.session() as session:
         assert await session.scalar(select(func.count()).select_from(InboundMessage)) == 0
+
+
+async def test_repeated_reports_join_one_open_incident(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    assert await pipeline.handle(station, resident_says("楼道冒烟了", "m1", clock)) == "incident:fire"
+    clock.current += timedelta(minutes=5)
+    second = resident_says("3楼楼道好大的烟焦味", "m2", clock, sender="wxid_res_02", name="老李")
+    assert await pipeline.handle(station, second) == "incident:joined:fire"
+    async with database.session() as session:
+        incident = (await session.scalars(select(Incident))).one()
+        reporters = [e.actor for e in (await session.scalars(
+            select(IncidentEvent).where(IncidentEvent.kind == "reported").order_by(IncidentEvent.id)))]
+    assert reporters == ["wxid_res_01", "wxid_res_02"]
+    rows = await outbox(database)
+    assert [r.kind for r in rows].count("ping") == 1  # one ping, not one per report
+    assert [r.kind for r in rows].count("reply") == 2  # but every resident hears back
+    clock.current += timedelta(minutes=31)  # past the default 30-minute window: a new incident
+    third = resident_says("又冒烟了", "m3", clock)
+    assert await pipeline.handle(station, third) == "incident:fire"

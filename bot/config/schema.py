@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from datetime import time
+from datetime import datetime, time
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -97,10 +97,9 @@ def _parse_hhmm(value: Any) -> time:
     return time(hours, minutes)
 
 
-class ShiftConfig(Strict):
-    """A weekly shift; ``end`` earlier than ``start`` means it runs past midnight."""
+class WeeklyWindow(Strict):
+    """Weekdays and a time range; ``end`` earlier than ``start`` means it runs past midnight."""
 
-    officer: Identifier
     days: list[str] = Field(default_factory=lambda: list(WEEKDAYS))
     start: time
     end: time
@@ -125,6 +124,19 @@ class ShiftConfig(Strict):
             else:
                 raise ValueError(f"expected weekdays among {', '.join(WEEKDAYS)} or 'daily', got {day!r}")
         return days
+
+    def covers(self, local: datetime) -> bool:
+        """Whether a local time falls in the window; past-midnight hours belong to the day they started."""
+        now = local.time()
+        today = WEEKDAYS[local.weekday()]
+        if self.start <= self.end:
+            return today in self.days and self.start <= now < self.end
+        yesterday = WEEKDAYS[(local.weekday() - 1) % 7]
+        return (today in self.days and now >= self.start) or (yesterday in self.days and now < self.end)
+
+
+class ShiftConfig(WeeklyWindow):
+    officer: Identifier
 
 
 class MatchConfig(Strict):
@@ -170,6 +182,11 @@ class RouteConfig(Strict):
     severity: Severity | None = None
     match: MatchConfig = Field(default_factory=MatchConfig)
     groups: list[Identifier] = Field(default_factory=list, description="limit to these groups; empty = all")
+    active: list[WeeklyWindow] = Field(default_factory=list, description="only at these times; empty = always")
+    dedup_minutes: int = Field(
+        30, ge=0, le=7 * 24 * 60,
+        description="a report in the same group and route within this many minutes of an open incident joins it",
+    )
     reply: str | None = None
     ping: str | None = None
     continue_: bool = Field(False, alias="continue")
@@ -196,6 +213,10 @@ class TextsConfig(Strict):
         "请回复“收到 {{ incident.id }}”确认接警。"
     )
     default_reply: str = "【{{ station.name }}】已收到您的报告，值班民警已接报，请保持电话畅通。"
+    joined_reply: str = (
+        "【{{ station.name }}】收到，这件事已有居民报告（#{{ incident.id }}），民警已接报在处理，"
+        "请注意安全，有新情况请继续在群里说。"
+    )
     ack_group: str = "【{{ station.name }}】{{ officer.name }}已接警（#{{ incident.id }}），正在处理，请大家注意安全。"
     ack_officer: str = "已确认接警 #{{ incident.id }}（{{ group.name }}）。"
     ack_nothing_open: str = "您当前没有待确认的警情。"
