@@ -164,3 +164,62 @@ def test_active_hours(local: str, expected: list[str]) -> None:
     router = Router(parse_config(ACTIVE))
     at = datetime.fromisoformat(local).replace(tzinfo=ZoneInfo("Asia/Shanghai"))
     assert [m.route.id for m in router.classify("楼上噪音", None, at).matches] == expected
+
+
+def test_shipped_route_expectations_pass_through_the_cli() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--config", str(ROOT / "config.yaml"), "route", "--test",
+         str(ROOT / "tests" / "data" / "default_routes_test.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 failed" in result.stdout
+
+
+def test_route_test_reports_a_mismatch_with_its_line(tmp_path: object) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    expectations = Path(str(tmp_path)) / "expect.yaml"
+    expectations.write_text('- {text: "今晚吃火锅吗", category: none}\n- {text: "今晚吃火锅吗", category: fire}\n',
+                            encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "route", "--config", str(ROOT / "config.yaml"), "--test",
+         str(expectations)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert f"FAIL {expectations}:2:" in result.stdout
+    assert "1 passed, 1 failed" in result.stdout
+
+
+def test_route_jsonl_cli() -> None:
+    import json
+    import subprocess
+    import sys
+
+    stdin = '{"id": 7, "text": "楼道闻到一股烟焦味!"}\n今晚吃火锅吗\n{"id": "x", "text": "有人拿裸 聊视频威胁我转钱"}\n'
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(ROOT / "config.yaml"), "route",
+                             "--jsonl"], input=stdin, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0] == {"id": 7, "category": "fire", "route": "fire", "severity": "P1"}
+    assert rows[1] == {"id": None, "category": "none", "route": None, "severity": None}
+    assert rows[2]["category"] == "scam" and rows[2]["id"] == "x"
+
+
+def test_route_explain_cli_names_keywords_and_who_is_pinged() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "route", "--config", str(ROOT / "config.yaml"),
+                             "--group", "fangdian", "--at", "2026-11-28 23:00", "楼道闻到一股烟 焦味!"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "route fire" in result.stdout and "severity P1" in result.stdout
+    assert "烟焦味" in result.stdout
+    assert "李警官" in result.stdout  # Saturday night: the duty officer
