@@ -14,8 +14,9 @@ Semantics (modelled on Alertmanager's routing tree):
   windows only at those local times (children inherit both).
 
 Every keyword of every route sits in one automaton with overlapping matching, so a keyword nested in
-another (刷单 inside 刷单返利) is still seen. Only routes a hit points at (plus routes with regexes)
-are evaluated for a message.
+another (刷单 inside 刷单返利) is still seen. So do the literals every match of a regex must contain
+(see ``regex_factors``): a regex runs only when one of them is present. Only routes a hit points at are
+evaluated for a message (plus routes with a regex no literal could be derived from).
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ import ahocorasick_rs
 
 from bot.config.schema import Config, RouteConfig, Severity, WeeklyWindow
 from handlers.normalize import normalize, normalize_with_offsets
+from handlers.regex_factors import required_factors
 
 DEFAULT_SEVERITY = Severity.P2
+
+
+@dataclass(frozen=True)
+class _Regex:
+    pattern: re.Pattern[str]
+    factors: frozenset[int] | None  # keyword indexes one of which every match contains; None: always run
 
 
 @dataclass(frozen=True)
@@ -50,10 +58,13 @@ class Route:
     dedup_minutes: int
     any_words: frozenset[int]
     all_groups: tuple[frozenset[int], ...]
-    regexes: tuple[re.Pattern[str], ...]
+    regexes: tuple[_Regex, ...]
     exclude_words: frozenset[int]
     children: tuple[Route, ...]
     path: tuple[str, ...]  # ids from the top-level route down to this one
+    # What any route in this subtree could match on; a message with none of it skips the subtree.
+    subtree_words: frozenset[int] = frozenset()
+    subtree_always: bool = False
 
     @property
     def has_own_match(self) -> bool:
@@ -119,16 +130,14 @@ class Router:
         self.routes: tuple[Route, ...] = tuple(
             self._compile(route, None, labels) for route in config.routes
         )
-        self._regex_routes = tuple(r for r in self.all_routes() if r.regexes)
         # keyword index -> positions of the top-level routes whose subtree uses it; regex subtrees always run.
         self._routes_by_word: dict[int, set[int]] = {}
         self._always: set[int] = set()
         for position, top in enumerate(self.routes):
-            for route in _subtree(top):
-                if route.regexes:
-                    self._always.add(position)
-                for word in route.any_words.union(*route.all_groups):
-                    self._routes_by_word.setdefault(word, set()).add(position)
+            if top.subtree_always:
+                self._always.add(position)
+            for word in top.subtree_words:
+                self._routes_by_word.setdefault(word, set()).add(position)
         self._automaton = (
             ahocorasick_rs.AhoCorasick(self._keywords, matchkind=ahocorasick_rs.MatchKind.Standard)
             if self._keywords
@@ -146,6 +155,11 @@ class Router:
             self._keywords.append(normalized)
         return self._keyword_index[normalized]
 
+    def _regex(self, pattern: str) -> _Regex:
+        factors = required_factors(pattern)
+        indexes = frozenset(self._word(f) for f in factors) if factors is not None else None
+        return _Regex(re.compile(pattern), indexes)
+
     def _compile(self, cfg: RouteConfig, parent: Route | None, labels: dict[str, str]) -> Route:
         category = cfg.category or (parent.category if parent else cfg.id)
         route = Route(
@@ -161,13 +175,25 @@ class Router:
             dedup_minutes=cfg.dedup_minutes,
             any_words=frozenset(self._word(w) for w in cfg.match.any),
             all_groups=tuple(frozenset(self._word(w) for w in group) for group in cfg.match.all),
-            regexes=tuple(re.compile(p) for p in cfg.match.regex),
+            regexes=tuple(self._regex(p) for p in cfg.match.regex),
             exclude_words=frozenset(self._word(w) for w in cfg.match.exclude),
             children=(),
             path=((*parent.path, cfg.id) if parent else (cfg.id,)),
         )
         children = tuple(self._compile(child, route, labels) for child in cfg.routes)
+        words = set(route.any_words.union(*route.all_groups))
+        always = False
+        for regex in route.regexes:
+            if regex.factors is None:
+                always = True
+            else:
+                words |= regex.factors
+        for child in children:
+            words |= child.subtree_words
+            always = always or child.subtree_always
         object.__setattr__(route, "children", children)
+        object.__setattr__(route, "subtree_words", frozenset(words))
+        object.__setattr__(route, "subtree_always", always)
         return route
 
     def all_routes(self) -> Iterable[Route]:
@@ -222,6 +248,8 @@ class Router:
     def _match_tree(
         self, route: Route, scan: _Scan, scope: _Scope, vetoes: list[Veto] | None, explain: bool
     ) -> RouteMatch | None:
+        if not route.subtree_always and route.subtree_words.isdisjoint(scan.present):
+            return None
         if route.groups and scope.group_id not in route.groups:
             return None
         if route.active and scope.local is not None and not any(w.covers(scope.local) for w in route.active):
@@ -251,8 +279,10 @@ class Router:
             for group in route.all_groups:
                 words |= group & present
         regex_hits: list[str] = []
-        for pattern in route.regexes:
-            found = pattern.search(scan.text)
+        for regex in route.regexes:
+            if regex.factors is not None and not regex.factors & present:
+                continue  # the regex cannot match: none of its necessary literals is in the text
+            found = regex.pattern.search(scan.text)
             if found:
                 matched = True
                 regex_hits.append(found.group(0))
