@@ -41,7 +41,8 @@ InboundHandler = Callable[[Inbound], Awaitable[Any]]
 
 
 def redact(token: str) -> str:
-    return f"{token[:4]}…({len(token)} chars)" if len(token) > 8 else "***"
+    """What logs may say about a token: that there is one, and how long it is."""
+    return f"***({len(token)} chars)"
 
 
 class Connection:
@@ -56,7 +57,7 @@ class Connection:
         self.logged_in = asyncio.Event()
         self.self_id: str | None = None
         self._bot: Any = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     def _build(self) -> Any:
         wechaty = load_wechaty(self.cache_dir)
@@ -87,6 +88,7 @@ class Connection:
             await bot.init_puppet()
             isolate_bot(bot)
             await bot.init_puppet_event_bridge(bot.puppet)
+            bot.puppet._event_stream.on("error", self._listener_failed)
             await bot.puppet.start()  # returns when the event stream ends
         except asyncio.CancelledError:
             raise
@@ -110,15 +112,23 @@ class Connection:
             return f"cannot reach the puppet service at {self.endpoint}: {text}"
         return f"puppet service {self.endpoint}: {name}: {text}"
 
+    def _listener_failed(self, exc: BaseException) -> None:
+        """python-wechaty's own event listeners (loading a message's payload, …) run as pyee tasks; without
+        an error listener a failure there is printed as an unhandled-callback traceback."""
+        if self._stopping:
+            log.debug("event listener ended while stopping: %s", exc)
+        else:
+            log.warning("python-wechaty event listener failed: %s: %s", type(exc).__name__, exc)
+
     async def stop(self) -> None:
+        self._stopping = True
         bot, self._bot = self._bot, None
-        for task in list(self._tasks):
-            task.cancel()
         if bot is None:
             return
         try:
             puppet = bot.puppet
             puppet._event_stream.remove_all_listeners()
+            puppet._event_stream.on("error", self._listener_failed)
             if getattr(puppet, "channel", None) is not None:
                 puppet.channel.close()
                 puppet.channel = None

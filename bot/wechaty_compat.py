@@ -11,13 +11,18 @@ python-wechaty is unmaintained; as published it fails to import on 3.11:
   ``pyee<9`` and ``urllib3<2``.
 * It opens ``$CACHE_DIR/job.db`` (default ``./.wechaty``) at import time, so the
   cache directory must be chosen before the first import.
+* Its loggers are configured at import from ``WECHATY_LOG`` (default info, very chatty), and
+  ``PuppetService`` logs the puppet token in a warning whenever token and endpoint are both set: we default
+  ``WECHATY_LOG`` to warn and redact tokens from its records.
 
 Import :func:`load_wechaty` instead of ``wechaty`` anywhere in the project.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -36,10 +41,25 @@ def prepare(cache_dir: str | Path | None = None) -> None:
         default = Path("data") / ".wechaty"
         default.mkdir(parents=True, exist_ok=True)
         os.environ["CACHE_DIR"] = str(default)
+    os.environ.setdefault("WECHATY_LOG", "warn")
     import wechaty_puppet
 
     wechaty_puppet.PuppetOptions.__hash__ = object.__hash__  # type: ignore[method-assign,assignment]
+    import wechaty_puppet_service  # noqa: F401  (creates the PuppetService logger)
+
+    logging.getLogger("PuppetService").addFilter(_redact_tokens)
     _patched = True
+
+
+_TOKEN_IN_TEXT = re.compile(r"(token\s*[<\[(]?\s*)([^>\])\s,]+)", re.IGNORECASE)
+
+
+def _redact_tokens(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    if "token" in message.lower():
+        record.msg = _TOKEN_IN_TEXT.sub(r"\1***", message)
+        record.args = ()
+    return True
 
 
 def load_wechaty(cache_dir: str | Path | None = None) -> ModuleType:
