@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
                        "exits 1 on any mismatch")
     route.add_argument("--jsonl", action="store_true",
                        help='read messages from stdin (plain lines or {"id":..,"text":..}); write one JSON per line')
+    oncall = commands.add_parser("oncall", parents=[common],
+                                 help="who is on duty and who covers each group, and why")
+    oncall.add_argument("--at", help='local time, e.g. "2026-11-28 23:00" (default: now)')
+    oncall.add_argument("--group", help="only this group id")
+
     _run_arguments(parser)  # `python main.py --sandbox-port ...` without `run`
     return parser
 
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.config)
     if command == "route":
         return cmd_route(args)
+    if command == "oncall":
+        return cmd_oncall(args)
     return asyncio.run(cmd_run(args))
 
 
@@ -150,6 +157,22 @@ def cmd_route(args: argparse.Namespace) -> int:
         print(f"route: --at: {exc}", file=sys.stderr)
         return 2
     print(explain_text(config, router, args.text, args.group, at))
+    return 0
+
+
+def cmd_oncall(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 2
+    from handlers.explain import parse_local_time
+    from handlers.oncall import describe
+
+    try:
+        at = parse_local_time(config, args.at) if args.at else datetime.now(config.zone)
+    except ValueError as exc:
+        print(f"oncall: --at: {exc}", file=sys.stderr)
+        return 2
+    print(describe(config, at, args.group))
     return 0
 
 

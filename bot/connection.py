@@ -58,6 +58,7 @@ class Connection:
         self.self_id: str | None = None
         self._bot: Any = None
         self._stopping = False
+        self.last_event_at: datetime | None = None  # wall clock of the last message event, for /healthz
 
     def _build(self) -> Any:
         wechaty = load_wechaty(self.cache_dir)
@@ -138,6 +139,7 @@ class Connection:
 
     # -- inbound -----------------------------------------------------------------------------------
     async def _dispatch(self, msg: Any) -> None:
+        self.last_event_at = datetime.now(UTC)
         try:
             inbound = await self._to_inbound(msg)
         except Exception:

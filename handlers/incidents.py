@@ -193,3 +193,43 @@ def ack_already_text(live: ConfigVersion, incident: Incident) -> str:
     context["acked_by"] = by.name if by else (incident.acknowledged_by or "")
     context["acked_at"] = local_time(config, incident.acknowledged_at) if incident.acknowledged_at else ""
     return say(config.texts.ack_already, context)
+
+
+@dataclass(frozen=True)
+class ResolveResult:
+    incident: Incident | None
+    outcome: str  # "resolved", "already", "not_found"
+
+
+async def resolve(
+    session: AsyncSession, live: ConfigVersion, actor_id: str, actor_name: str, number: int, result_text: str,
+    now: datetime,
+) -> ResolveResult:
+    """Close incident ``number`` with a result; the group hears the outcome. ``actor_id`` is an officer id or
+    an admin web user, recorded on the timeline."""
+    config = live.config
+    incident = await session.get(Incident, number)
+    if incident is None or incident.station_id != config.station.id:
+        return ResolveResult(None, "not_found")
+    changed = await session.execute(
+        update(Incident)
+        .where(Incident.id == number, Incident.status != IncidentStatus.resolved)
+        .values(status=IncidentStatus.resolved, resolved_at=now, resolved_by=actor_id, result=result_text)
+        .execution_options(synchronize_session=False)
+    )
+    await session.refresh(incident)
+    if changed.rowcount == 0:  # type: ignore[attr-defined]
+        return ResolveResult(incident, "already")
+    if incident.acknowledged_at is None:  # resolving implies it was taken in hand
+        incident.acknowledged_at, incident.acknowledged_by = now, actor_id
+    add_event(session, incident, "resolved", now, actor_id, result_text)
+    if incident.room_id:
+        group = next((g for g in config.groups if g.id == incident.group_id), None)
+        context = incident_context(config, incident, group=group)
+        context["officer"] = {"name": actor_name, "id": actor_id}
+        context["result"] = result_text
+        text = say(config.texts.resolved_group, context)
+        enqueue(session, account=config.station.id, conversation_id=incident.room_id, is_room=True, text=text,
+                now=now, kind="result", priority=PRIORITY_URGENT, incident_id=incident.id)
+        add_event(session, incident, "group_told", now, None, text)
+    return ResolveResult(incident, "resolved")

@@ -3,16 +3,23 @@ and config files written from inline YAML."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
+from bot.app import App, PuppetTarget
+from bot.sandbox import Sandbox, load_world
 from models.db import Database
+from models.tables import Incident
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("GONGHAO_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -93,3 +100,62 @@ def write_config(directory: Path, text_yaml: str, database_url: str | None = Non
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
+
+
+BOT = "wxid_gonghao_bot"
+JINXIU = "jinxiu@chatroom"
+FANGDIAN = "fangdian@chatroom"
+WANG = "wxid_officer_wang"
+CHEN = "wxid_officer_chen"
+
+
+@dataclass
+class Env:
+    sandbox: Sandbox
+    app: App
+    clock: FakeClock
+    config_path: Path
+
+    async def outcome_of(self, message_id: str, timeout: float = 10) -> str:
+        """Wait until the bot has handled a message; returns what the pipeline did with it."""
+        assert self.app.handled is not None
+
+        async def find() -> str:
+            while True:
+                inbound, outcome = await self.app.handled.get()  # type: ignore[union-attr]
+                if inbound.message_id == message_id:
+                    return outcome
+
+        return await asyncio.wait_for(find(), timeout)
+
+    async def bot_says(self, conversation: str, after: int, pattern: str = "", timeout: float = 15) -> dict[str, Any]:
+        return await self.sandbox.wait_for(
+            conversation, lambda m: m["from"] == BOT and re.search(pattern, m["text"]) is not None,
+            after=after, timeout=timeout,
+        )
+
+    def bot_messages(self, conversation: str, after: int) -> list[dict[str, Any]]:
+        return [m for m in self.sandbox.messages(conversation, after) if m["from"] == BOT]
+
+    async def incidents(self) -> list[Incident]:
+        assert self.app.station is not None
+        async with self.app.station.db.session() as session:
+            return list((await session.scalars(select(Incident).order_by(Incident.id))).all())
+
+
+@pytest.fixture
+async def env(tmp_path: Path, clock: FakeClock, default_config_text: str) -> AsyncIterator[Env]:
+    sandbox = Sandbox(load_world(None), token="e2e-test-token-0001")
+    await sandbox.start()
+    config_path = write_config(tmp_path, default_config_text)
+    app = App(config_path, puppet=PuppetTarget(sandbox.token, sandbox.endpoint), clock=clock, watch=False)
+    app.handled = asyncio.Queue()
+    try:
+        await app.start()
+        await app.wait_logged_in()
+        yield Env(sandbox, app, clock, config_path)
+    finally:
+        await app.stop()
+        await sandbox.stop()
+
+

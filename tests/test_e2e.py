@@ -6,79 +6,17 @@ Residents speak through the sandbox's API; we wait on the messages the bot sends
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import func, select
 
 from bot.app import App, PuppetTarget
 from bot.config.loader import ConfigError
 from bot.connection import ConnectionFailed
 from bot.sandbox import Sandbox, load_world
 from handlers.inbound import Inbound
-from models.tables import Incident
-from tests.conftest import FakeClock, write_config
-
-BOT = "wxid_gonghao_bot"
-JINXIU = "jinxiu@chatroom"
-FANGDIAN = "fangdian@chatroom"
-WANG = "wxid_officer_wang"
-CHEN = "wxid_officer_chen"
-
-
-@dataclass
-class Env:
-    sandbox: Sandbox
-    app: App
-    clock: FakeClock
-    config_path: Path
-
-    async def outcome_of(self, message_id: str, timeout: float = 10) -> str:
-        """Wait until the bot has handled a message; returns what the pipeline did with it."""
-        assert self.app.handled is not None
-
-        async def find() -> str:
-            while True:
-                inbound, outcome = await self.app.handled.get()  # type: ignore[union-attr]
-                if inbound.message_id == message_id:
-                    return outcome
-
-        return await asyncio.wait_for(find(), timeout)
-
-    async def bot_says(self, conversation: str, after: int, pattern: str = "", timeout: float = 15) -> dict[str, Any]:
-        return await self.sandbox.wait_for(
-            conversation, lambda m: m["from"] == BOT and re.search(pattern, m["text"]) is not None,
-            after=after, timeout=timeout,
-        )
-
-    def bot_messages(self, conversation: str, after: int) -> list[dict[str, Any]]:
-        return [m for m in self.sandbox.messages(conversation, after) if m["from"] == BOT]
-
-    async def incidents(self) -> list[Incident]:
-        assert self.app.station is not None
-        async with self.app.station.db.session() as session:
-            return list((await session.scalars(select(Incident).order_by(Incident.id))).all())
-
-
-@pytest.fixture
-async def env(tmp_path: Path, clock: FakeClock, default_config_text: str) -> AsyncIterator[Env]:
-    sandbox = Sandbox(load_world(None), token="e2e-test-token-0001")
-    await sandbox.start()
-    config_path = write_config(tmp_path, default_config_text)
-    app = App(config_path, puppet=PuppetTarget(sandbox.token, sandbox.endpoint), clock=clock, watch=False)
-    app.handled = asyncio.Queue()
-    try:
-        await app.start()
-        await app.wait_logged_in()
-        yield Env(sandbox, app, clock, config_path)
-    finally:
-        await app.stop()
-        await sandbox.stop()
+from tests.conftest import CHEN, FANGDIAN, JINXIU, WANG, Env, FakeClock, write_config
 
 
 def last_seq(env: Env) -> int:

@@ -140,6 +140,7 @@ async def test_repeated_reports_join_one_open_incident(database: Database, clock
         reporters = [e.actor for e in (await session.scalars(
             select(IncidentEvent).where(IncidentEvent.kind == "reported").order_by(IncidentEvent.id)))]
     assert reporters == ["wxid_res_01", "wxid_res_02"]
+    assert incident.reporter_id == "wxid_res_01"  # the first reporter stays the incident's reporter
     rows = await outbox(database)
     assert [r.kind for r in rows].count("ping") == 1  # one ping, not one per report
     assert [r.kind for r in rows].count("reply") == 2  # but every resident hears back

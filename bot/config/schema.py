@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from datetime import datetime, time
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -23,9 +23,12 @@ class Strict(BaseModel):
 
 
 class Role(StrEnum):
-    community = "community"
-    duty = "duty"
-    supervisor = "supervisor"
+    community = "community"  # 社区民警: owns groups
+    duty = "duty"  # 值班民警
+    supervisor = "supervisor"  # 所领导
+    antifraud = "antifraud"  # 反诈民警
+    general = "general"  # 综合民警 (back office)
+    public_order = "public_order"  # 治安民警 (back office)
 
 
 class Severity(StrEnum):
@@ -137,6 +140,83 @@ class WeeklyWindow(Strict):
 
 class ShiftConfig(WeeklyWindow):
     officer: Identifier
+    on_holidays: bool = Field(False, description="whether this weekly shift also runs on public holidays")
+
+
+def _parse_local_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    text = str(value).strip()
+    for layout in ("%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, layout)
+        except ValueError:
+            continue
+    raise ValueError(f"expected a local date and time like '2026-11-28 08:00' (or a date), got {value!r}")
+
+
+class RotationConfig(Strict):
+    """Officers taking turns: each serves ``days_each`` consecutive days in the daily window, in list order,
+    starting with the first officer on ``start_date``. Rotations run on holidays too."""
+
+    id: Identifier
+    officers: list[Identifier] = Field(min_length=1)
+    start_date: date
+    days_each: int = Field(1, ge=1, le=31)
+    start: time
+    end: time
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _time(cls, value: Any) -> time:
+        return _parse_hhmm(value)
+
+    def officer_at(self, local: datetime) -> str | None:
+        """Who is on this rotation at a local (naive or aware) time, or None outside its window."""
+        window = WeeklyWindow(start=self.start, end=self.end)
+        if not window.covers(local):
+            return None
+        day = local.date()
+        if self.start > self.end and local.time() < self.end:
+            day -= timedelta(days=1)  # past midnight: the shift that started yesterday
+        offset = (day - self.start_date).days
+        if offset < 0:
+            return None
+        return self.officers[(offset // self.days_each) % len(self.officers)]
+
+
+class OverrideConfig(Strict):
+    """Wins over shifts and rotations in [from, to): ``officer`` is on duty (covering for ``replaces`` if
+    given), or, with ``away: true``, ``officer`` is unavailable (leave, training). (Not ``off``: YAML reads
+    that key as a boolean.)"""
+
+    officer: Identifier
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+    replaces: Identifier | None = None
+    away: bool = False
+    reason: str = ""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _when(cls, value: Any) -> datetime:
+        return _parse_local_datetime(value)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OverrideConfig:
+        if self.end <= self.start:
+            raise ValueError("'to' must be after 'from'")
+        if self.away and self.replaces:
+            raise ValueError("an override either takes an officer away (away: true) or replaces someone, not both")
+        return self
+
+    def covers(self, local: datetime) -> bool:
+        naive = local.replace(tzinfo=None)
+        return self.start <= naive < self.end
 
 
 class MatchConfig(Strict):
@@ -218,6 +298,7 @@ class TextsConfig(Strict):
         "请注意安全，有新情况请继续在群里说。"
     )
     ack_group: str = "【{{ station.name }}】{{ officer.name }}已接警（#{{ incident.id }}），正在处理，请大家注意安全。"
+    resolved_group: str = "【{{ station.name }}】#{{ incident.id }} 已处理完毕：{{ result }}（{{ officer.name }}）"
     ack_officer: str = "已确认接警 #{{ incident.id }}（{{ group.name }}）。"
     ack_nothing_open: str = "您当前没有待确认的警情。"
     ack_unknown_incident: str = "没有找到警情 #{{ number }}，或它不属于本所。"
@@ -225,6 +306,31 @@ class TextsConfig(Strict):
     not_an_officer: str = "您好，此账号仅用于接收民警指令。如需报警请拨打110，或在所在小区群里说明情况。"
     unknown_command: str = "可用指令：\n收到 —— 确认最近一条待确认警情\n收到 12 —— 确认12号警情"
     no_one_on_duty: str = "【{{ station.name }}】当前没有排班民警，已转所领导。"
+
+
+class WebRole(StrEnum):
+    viewer = "viewer"  # sees everything, changes nothing
+    officer = "officer"  # also resolves incidents and (later) sends broadcasts
+    admin = "admin"  # also reloads the config
+
+
+class WebUserConfig(Strict):
+    username: Identifier
+    password_hash: str = Field(
+        pattern=r"^pbkdf2_sha256\$\d+\$[^$]+\$[^$]+$",
+        description="made by `python main.py hash-password`; never the password itself",
+    )
+    role: WebRole = WebRole.viewer
+    officer: Identifier | None = Field(None, description="the officer this login acts as, if any")
+
+
+class WebConfig(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8780, ge=0, le=65535)
+    session_hours: int = Field(12, ge=1, le=24 * 30)
+    secure_cookies: bool = Field(False, description="true when served over HTTPS (behind a proxy)")
+    users: list[WebUserConfig] = Field(default_factory=list)
 
 
 class Config(Strict):
@@ -235,9 +341,16 @@ class Config(Strict):
     officers: list[OfficerConfig] = Field(min_length=1)
     groups: list[GroupConfig] = Field(default_factory=list)
     shifts: list[ShiftConfig] = Field(default_factory=list)
+    rotations: list[RotationConfig] = Field(default_factory=list)
+    overrides: list[OverrideConfig] = Field(default_factory=list)
+    holidays: list[date] = Field(default_factory=list, description="public holidays (weekly shifts pause)")
+    backfill_by_role: bool = Field(
+        False, description="tell residents 'the duty officer' rather than the officer's name when backfilling"
+    )
     categories: dict[Identifier, str] = Field(default_factory=dict, description="category id -> Chinese label")
     routes: list[RouteConfig] = Field(default_factory=list)
     texts: TextsConfig = Field(default_factory=TextsConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @field_validator("timezone")
     @classmethod
@@ -282,9 +395,24 @@ def reference_errors(config: Config) -> list[tuple[Path, str]]:
     for index, group in enumerate(config.groups):
         if group.officer and group.officer not in known_officers:
             errors.append(_unknown(("groups", index, "officer"), group.officer, "officer", known_officers))
+    errors += _duplicates([user.username for user in config.web.users], "web.users", "username")
+    for index, user in enumerate(config.web.users):
+        if user.officer and user.officer not in known_officers:
+            errors.append(_unknown(("web", "users", index, "officer"), user.officer, "officer", known_officers))
     for index, shift in enumerate(config.shifts):
         if shift.officer not in known_officers:
             errors.append(_unknown(("shifts", index, "officer"), shift.officer, "officer", known_officers))
+    errors += _duplicates([rotation.id for rotation in config.rotations], "rotations", "id")
+    for index, rotation in enumerate(config.rotations):
+        for o_index, officer_id in enumerate(rotation.officers):
+            if officer_id not in known_officers:
+                errors.append(_unknown(("rotations", index, "officers", o_index), officer_id, "officer",
+                                       known_officers))
+    for index, override in enumerate(config.overrides):
+        for field in ("officer", "replaces"):
+            value = getattr(override, field)
+            if value and value not in known_officers:
+                errors.append(_unknown(("overrides", index, field), value, "officer", known_officers))
     seen_routes: set[str] = set()
     for path, route in iter_routes(config.routes):
         if route.id in seen_routes:
