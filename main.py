@@ -221,7 +221,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print(f"沙盒已启动 / sandbox running: web chat {sandbox.web_url}  (puppet service {sandbox.endpoint})",
               flush=True)
 
-    app = App(args.config, puppet=puppet, sandbox=sandbox)
+    from handlers.runtime import clock_from_env
+
+    app = App(args.config, puppet=puppet, sandbox=sandbox, clock=clock_from_env())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

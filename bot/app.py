@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config.loader import ConfigError, ConfigIssue, load_config
 from bot.connection import Connection, ConnectionFailed
+from bot.scheduler import run_timers
 from bot.sender import run_sender
 from handlers import pipeline
 from handlers.inbound import Inbound
@@ -66,6 +67,7 @@ class App:
         self.watch = watch
         self.reloaded = asyncio.Event()  # set whenever a new config version goes live
         self.watching = asyncio.Event()  # set once the config file watcher is running
+        self.timers_wake = asyncio.Event()  # set to check due timers now (tests moving a fake clock)
         self.station: Station | None = None
         self.connection: Connection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -107,6 +109,7 @@ class App:
         self._tasks.append(
             asyncio.create_task(run_sender(self.station, self.connection, self.connection.logged_in), name="sender")
         )
+        self._tasks.append(asyncio.create_task(run_timers(self.station, self.timers_wake), name="timers"))
         if self.watch:
             self._tasks.append(asyncio.create_task(self.watch_config(), name="config-watch"))
 

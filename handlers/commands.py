@@ -1,41 +1,77 @@
-"""Officers' one-word answers in private chat with the bot.
+"""Officers answer in a word, privately: 收到 / 收到 12, 处理完毕 12 结果, 转 12 张三, 值班, 我的, 帮助.
 
-Only rostered officers can act; anyone else gets a polite refusal and nothing changes.
+Only rostered officers can act, and only on their station's incidents; anyone else gets a polite
+refusal and nothing changes. The parser tolerates full-width characters, extra spaces, a leading #,
+trailing particles (收到了, 收到！) and a few common slips (收倒, 受到).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.config.schema import Config, OfficerConfig
+from handlers.escalation import group_of, start_chain
 from handlers.inbound import Inbound
-from handlers.incidents import ack_already_text, acknowledge
+from handlers.incidents import ack_already_text, acknowledge, add_event, resolve
+from handlers.oncall import roster
 from handlers.runtime import ConfigVersion
-from handlers.texts import incident_context, say
+from handlers.texts import incident_context, local_time, say
 from models.outbox import PRIORITY_URGENT, enqueue
+from models.tables import Incident, IncidentStatus
 
-_ACK_WORDS = ("收到", "收倒", "好的收到", "ok", "1")
-_COMMAND = re.compile(r"^\s*(?P<word>[^\d#＃\s]+|1)\s*[#＃]?\s*(?P<number>\d+)?\s*$")
+_ACK = r"(?:收到|收倒|受到|好的收到|收到收到|ok|1)"
+_RESOLVE = r"(?:处理完毕|处理完了|处理完|已处理|已办结|办结|完毕|结案|结)"
+_TRANSFER = r"(?:转交给|转交|转给|移交|转)"
+_NUMBER = r"(?:#)?(?P<number>\d{1,9})"
+_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("ack", re.compile(rf"^{_ACK}(?:\s*{_NUMBER})?$", re.IGNORECASE)),
+    ("resolve", re.compile(rf"^{_RESOLVE}(?:\s*{_NUMBER})?(?:\s+|[:：,，]\s*)?(?P<rest>.*)$")),
+    ("transfer", re.compile(rf"^{_TRANSFER}\s*{_NUMBER}\s*(?:给)?\s*(?P<rest>.+)$")),
+    ("duty", re.compile(r"^(?:值班|谁值班|值班表|值班民警|今天谁值班)$")),
+    ("mine", re.compile(r"^(?:我的|我的警情|我的任务|待办)$")),
+    ("help", re.compile(r"^(?:帮助|help|菜单|指令|\?)$", re.IGNORECASE)),
+)
+Reply = Callable[[str], None]
+_TRAILING = re.compile(r"[了啦哈呀吧的!！。.~～\s]+$")
 
 
 @dataclass(frozen=True)
 class Command:
-    name: str  # "ack" or "unknown"
+    name: str  # ack, resolve, transfer, duty, mine, help, unknown
     number: int | None = None
+    rest: str = ""
 
 
 def parse_command(text: str) -> Command:
-    found = _COMMAND.match(text.strip().rstrip("。.!！"))
-    if not found:
-        return Command("unknown")
-    word = found.group("word").strip().lower()
-    number = int(found.group("number")) if found.group("number") else None
-    if word in _ACK_WORDS:
-        return Command("ack", number)
+    # The text as typed first (so a result keeps its own punctuation), then full-width folded.
+    typed = re.sub(r"\s+", " ", text.strip())
+    folded = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).strip())
+    for candidate in (typed, folded, _TRAILING.sub("", folded)):
+        for name, pattern in _PATTERNS:
+            found = pattern.match(candidate)
+            if found:
+                groups = found.groupdict()
+                number = int(groups["number"]) if groups.get("number") else None
+                return Command(name, number, (groups.get("rest") or "").strip())
     return Command("unknown")
+
+
+def find_officer(config: Config, words: str) -> OfficerConfig | None:
+    """An officer by id, full name, or surname ('张三', '张警官', '张', 'zhang')."""
+    words = words.strip().removeprefix("@")
+    for officer in config.officers:
+        if words in (officer.id, officer.name):
+            return officer
+    surname = words[:1]
+    matches = [o for o in config.officers if o.name.startswith(surname)] if surname else []
+    return matches[0] if len(matches) == 1 else None
 
 
 async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: Inbound, now: datetime) -> str:
@@ -53,10 +89,25 @@ async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: In
         return "refused_not_officer"
 
     command = parse_command(inbound.text)
-    if command.name != "ack":
-        answer(config.texts.unknown_command)
-        return "unknown_command"
+    if command.name == "ack":
+        return await _ack(session, live, officer, command, now, answer)
+    if command.name == "resolve":
+        return await _resolve(session, live, officer, command, now, answer)
+    if command.name == "transfer":
+        return await _transfer(session, live, officer, command, now, answer)
+    if command.name == "duty":
+        answer(_duty_text(config, now))
+        return "duty"
+    if command.name == "mine":
+        answer(await _mine_text(session, config, officer))
+        return "mine"
+    answer(config.texts.help)
+    return "help" if command.name == "help" else "unknown_command"
 
+
+async def _ack(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, command: Command,
+               now: datetime, answer: Reply) -> str:
+    config = live.config
     result = await acknowledge(session, live, officer, command.number, now)
     if result.outcome == "acknowledged" and result.incident is not None:
         answer(say(config.texts.ack_officer, incident_context(config, result.incident, officers=(officer,))))
@@ -67,3 +118,102 @@ async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: In
     else:
         answer(config.texts.ack_nothing_open)
     return f"ack_{result.outcome}"
+
+
+async def _latest_of(session: AsyncSession, config: Config, officer: OfficerConfig) -> Incident | None:
+    """The officer's most recent unresolved incident: the one they acknowledged, else one assigned to them."""
+    rows = (await session.scalars(
+        select(Incident).where(Incident.station_id == config.station.id,
+                               Incident.status != IncidentStatus.resolved)
+        .order_by(Incident.id.desc()).limit(200))).all()
+    mine = [i for i in rows if i.acknowledged_by == officer.id] or [
+        i for i in rows if officer.id in (i.assigned_officers or [])]
+    return mine[0] if mine else None
+
+
+async def _resolve(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, command: Command,
+                   now: datetime, answer: Reply) -> str:
+    config = live.config
+    number = command.number
+    if number is None:
+        latest = await _latest_of(session, config, officer)
+        if latest is None:
+            answer(config.texts.resolve_nothing_open)
+            return "resolve_nothing_open"
+        number = latest.id
+    result_text = command.rest or config.texts.resolve_default_result
+    outcome = await resolve(session, live, officer.id, officer.name, number, result_text, now)
+    if outcome.outcome == "resolved" and outcome.incident is not None:
+        context = incident_context(config, outcome.incident, officers=(officer,))
+        context["result"] = result_text
+        answer(say(config.texts.resolve_officer, context))
+    elif outcome.outcome == "already" and outcome.incident is not None:
+        answer(say(config.texts.resolve_already, incident_context(config, outcome.incident)))
+    else:
+        answer(say(config.texts.ack_unknown_incident, {"number": number}))
+    return f"resolve_{outcome.outcome}"
+
+
+async def _transfer(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, command: Command,
+                    now: datetime, answer: Reply) -> str:
+    config = live.config
+    target = find_officer(config, command.rest)
+    if target is None:
+        answer(say(config.texts.transfer_unknown_officer, {"name": command.rest}))
+        return "transfer_unknown_officer"
+    incident = await session.get(Incident, command.number)
+    if incident is None or incident.station_id != config.station.id:
+        answer(say(config.texts.ack_unknown_incident, {"number": command.number}))
+        return "transfer_not_found"
+    if incident.status == IncidentStatus.resolved:
+        answer(say(config.texts.resolve_already, incident_context(config, incident)))
+        return "transfer_resolved"
+    incident.assigned_officers = [target.id]
+    incident.status = IncidentStatus.open
+    incident.acknowledged_at = incident.acknowledged_by = None
+    incident.reminder_at = incident.ack_deadline_at = None
+    start_chain(config, incident, now)
+    add_event(session, incident, "transferred", now, officer.id, f"to {target.id}")
+    group = group_of(config, incident)
+    context = incident_context(config, incident, group=group, officers=(target,))
+    context["by"] = officer.name
+    enqueue(session, account=config.station.id, conversation_id=target.wechat_id, is_room=False,
+            text=say(config.texts.transfer_ping, context), now=now, kind="ping", priority=PRIORITY_URGENT,
+            incident_id=incident.id)
+    add_event(session, incident, "pinged", now, target.id, "transferred")
+    answer(say(config.texts.transfer_officer, context))
+    return "transferred"
+
+
+def _duty_text(config: Config, now: datetime) -> str:
+    current = roster(config, now)
+    lines = [f"{local_time(config, now)} 在班："]
+    for officer in config.officers:
+        if officer.id in current.on:
+            phone = f" {officer.phone}" if officer.phone else ""
+            lines.append(f"{officer.name}（{_ROLE_NAMES.get(officer.role.value, officer.role.value)}）{phone}")
+    if len(lines) == 1:
+        lines.append("无人在班，警情将转所领导。")
+    return "\n".join(lines)
+
+
+_ROLE_NAMES = {"community": "社区民警", "duty": "值班民警", "supervisor": "所领导", "antifraud": "反诈民警",
+               "general": "综合民警", "public_order": "治安民警"}
+_STATUS_NAMES = {"open": "待确认", "acknowledged": "处理中", "resolved": "已办结"}
+
+
+async def _mine_text(session: AsyncSession, config: Config, officer: OfficerConfig) -> str:
+    rows = (await session.scalars(
+        select(Incident).where(Incident.station_id == config.station.id,
+                               Incident.status != IncidentStatus.resolved,
+                               or_(Incident.acknowledged_by == officer.id, Incident.acknowledged_by.is_(None)))
+        .order_by(Incident.id.desc()).limit(200))).all()
+    mine = [i for i in rows if i.acknowledged_by == officer.id or officer.id in (i.assigned_officers or [])]
+    if not mine:
+        return "您当前没有未办结的警情。"
+    lines = ["您未办结的警情："]
+    for incident in mine[:20]:
+        label = config.categories.get(incident.category, incident.category)
+        lines.append(f"#{incident.id} {label} {incident.severity} {incident.group_name} "
+                     f"{_STATUS_NAMES.get(incident.status, incident.status)} {local_time(config, incident.created_at)}")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config.schema import GroupConfig, OfficerConfig
+from handlers.escalation import arm_acknowledged, start_chain
 from handlers.inbound import Inbound
 from handlers.oncall import coverage
 from handlers.routing import RouteMatch
@@ -46,6 +47,10 @@ async def report(
         )
         return incident, False
     add_event(session, existing, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
+    await session.execute(update(Incident).where(Incident.id == existing.id)
+                          .values(report_count=Incident.report_count + 1).execution_options(synchronize_session=False))
+    await session.refresh(existing)
+    await _maybe_raise_severity(session, live, existing, group, now)
     if reply_to_group and inbound.room_id:
         context = incident_context(live.config, existing, group=group)
         reply = say(live.config.texts.joined_reply, context)
@@ -54,6 +59,34 @@ async def report(
                 mentions=[inbound.sender_id])
         add_event(session, existing, "replied", now, None, reply)
     return existing, True
+
+
+_SEVERITY_ORDER = {"P1": 1, "P2": 2, "P3": 3}
+
+
+async def _maybe_raise_severity(
+    session: AsyncSession, live: ConfigVersion, incident: Incident, group: GroupConfig | None, now: datetime
+) -> None:
+    """Many residents reporting the same thing in a short time is itself a signal: raise the severity once
+    and tell the covering officers how many have reported."""
+    rule = live.config.escalation.raise_severity
+    if rule is None or _SEVERITY_ORDER[incident.severity] <= _SEVERITY_ORDER[rule.to.value]:
+        return
+    recent = (await session.scalars(
+        select(IncidentEvent.actor).where(IncidentEvent.incident_id == incident.id, IncidentEvent.kind == "reported",
+                                          IncidentEvent.at >= now - rule.within))).all()
+    if len(set(recent)) < rule.reports:
+        return
+    old = incident.severity
+    incident.severity = rule.to.value
+    add_event(session, incident, "severity_raised", now, None, f"{old} -> {incident.severity}: {len(set(recent))} "
+              f"residents within {int(rule.within.total_seconds() // 60)} min")
+    start_chain(live.config, incident, now)  # the stricter chain now applies, from its first step
+    cover = coverage(live.config, group, now)
+    text = say(live.config.texts.severity_raised, incident_context(live.config, incident, group=group,
+                                                                   officers=cover.officers))
+    for officer in cover.officers:
+        _ping(session, live, incident, officer, text, now, "severity raised")
 
 
 async def _joinable(
@@ -106,7 +139,9 @@ async def open_incident(
         source_message_id=source_message_row,
         assigned_officers=[o.id for o in cover.officers],
         created_at=now,
+        report_count=1,
     )
+    start_chain(config, incident, now)
     session.add(incident)
     await session.flush()  # the incident number goes into the texts below
     add_event(session, incident, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
@@ -114,6 +149,12 @@ async def open_incident(
 
     if reply_to_group and inbound.room_id:
         reply = say(route.reply or config.texts.default_reply, context)
+        own = config.officer(group.officer) if group and group.officer else None
+        if own is not None and not cover.own_officer_on_shift:
+            # Residents never wait on someone who is off duty: say who has it instead.
+            context["own_officer"] = {"name": own.name, "id": own.id}
+            context["covering"] = "值班民警" if config.backfill_by_role else "、".join(o.name for o in cover.officers)
+            reply = reply + "\n" + say(config.texts.backfill_note, context)
         enqueue(session, account=config.station.id, conversation_id=inbound.room_id, is_room=True, text=reply,
                 now=now, kind="reply", priority=PRIORITY_URGENT, incident_id=incident.id,
                 mentions=[inbound.sender_id])
@@ -175,6 +216,7 @@ async def acknowledge(
     if result.rowcount == 0:  # type: ignore[attr-defined]
         return AckResult(incident, "already")
 
+    arm_acknowledged(config, incident, now)
     add_event(session, incident, "acknowledged", now, officer.id)
     group = next((g for g in config.groups if g.id == incident.group_id), None)
     context = incident_context(config, incident, group=group, officers=(officer,))
@@ -214,7 +256,8 @@ async def resolve(
     changed = await session.execute(
         update(Incident)
         .where(Incident.id == number, Incident.status != IncidentStatus.resolved)
-        .values(status=IncidentStatus.resolved, resolved_at=now, resolved_by=actor_id, result=result_text)
+        .values(status=IncidentStatus.resolved, resolved_at=now, resolved_by=actor_id, result=result_text,
+                next_step_at=None, reminder_at=None, ack_deadline_at=None)
         .execution_options(synchronize_session=False)
     )
     await session.refresh(incident)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,6 +18,36 @@ Clock = Callable[[], datetime]
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+class FileClock:
+    """A scripted clock for drills and end-to-end tests of a real process: the time is read from a file
+    holding an ISO 8601 timestamp with its offset (re-read when the file changes). Selected by the
+    GONGHAO_CLOCK_FILE environment variable; never set it in production."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: float | None = None
+        self._value = system_clock()
+
+    def __call__(self) -> datetime:
+        try:
+            stamp = os.stat(self.path).st_mtime_ns
+        except OSError:
+            return self._value
+        if stamp != self._stamp:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read().strip()
+            if text:
+                parsed = datetime.fromisoformat(text)
+                self._value = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+                self._stamp = stamp
+        return self._value
+
+
+def clock_from_env() -> Clock:
+    path = os.environ.get("GONGHAO_CLOCK_FILE")
+    return FileClock(path) if path else system_clock
 
 
 @dataclass(frozen=True)

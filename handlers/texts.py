@@ -37,6 +37,8 @@ def incident_context(
             "severity": incident.severity,
             "category": incident.category,
             "status": incident.status,
+            "overdue": bool(incident.overdue),
+            "report_count": incident.report_count or 1,
         },
         "route": {
             "id": incident.route_id,

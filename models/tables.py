@@ -64,6 +64,16 @@ class Incident(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(64))
     result: Mapped[str | None] = mapped_column(Text)
+    report_count: Mapped[int] = mapped_column(Integer, default=1)
+    # Escalation state: the chain's next step and when it is due; cleared by acknowledgement.
+    chain_id: Mapped[str | None] = mapped_column(String(64))
+    chain_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_step: Mapped[int] = mapped_column(Integer, default=0)
+    next_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    overdue: Mapped[bool] = mapped_column(default=False)
+    # Acknowledged but unresolved: when to remind, and when the acknowledgement lapses.
+    reminder_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ack_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     events: Mapped[list[IncidentEvent]] = relationship(
         back_populates="incident", order_by="IncidentEvent.id", cascade="all, delete-orphan"
@@ -113,3 +123,15 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_message_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class OfficerPresence(Base):
+    """When each officer was last seen on duty: a return after a gap triggers the digest of what happened."""
+
+    __tablename__ = "officer_presence"
+    __table_args__ = (UniqueConstraint("station_id", "officer_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    station_id: Mapped[str] = mapped_column(String(64))
+    officer_id: Mapped[str] = mapped_column(String(64))
+    last_on_duty_at: Mapped[datetime] = mapped_column(UTCDateTime)

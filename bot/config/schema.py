@@ -13,7 +13,7 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
 
@@ -281,6 +281,72 @@ class RouteConfig(Strict):
         return self
 
 
+def parse_duration(value: Any) -> timedelta:
+    """'90s', '3m', '2h', '1d', or a number of minutes."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(minutes=value)
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+    if not found:
+        raise ValueError(f"expected a duration like '90s', '3m', '2h' or '1d', got {value!r}")
+    number, unit = float(found.group(1)), found.group(2) or "m"
+    seconds_per_unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+    return timedelta(seconds=number * seconds_per_unit)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+NOTIFY_ROLES = ("covering", "own", "duty", "supervisor", "antifraud", "general", "public_order")
+
+
+class EscalationStep(Strict):
+    after: Duration = Field(description="time since the incident was opened (or reopened)")
+    notify: list[str] = Field(min_length=1, description=f"any of {', '.join(NOTIFY_ROLES)} or officer ids")
+    overdue: bool = Field(False, description="mark the incident overdue at this step")
+
+
+class EscalationChain(Strict):
+    id: Identifier
+    severities: list[Severity] = Field(default_factory=list, description="empty = any")
+    categories: list[Identifier] = Field(default_factory=list, description="empty = any")
+    steps: list[EscalationStep] = Field(min_length=1)
+    repeat_every: Duration | None = Field(None, description="after the last step, repeat it this often")
+    max_repeats: int = Field(3, ge=0, le=100)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[EscalationStep]) -> list[EscalationStep]:
+        for earlier, later in zip(steps, steps[1:], strict=False):
+            if later.after <= earlier.after:
+                raise ValueError("steps must come in increasing order of 'after'")
+        return steps
+
+
+class RaiseSeverity(Strict):
+    reports: int = Field(3, ge=2)
+    within: Duration = timedelta(minutes=10)
+    to: Severity = Severity.P1
+
+
+class EscalationConfig(Strict):
+    chains: list[EscalationChain] = Field(default_factory=list)
+    ack_reminder: Duration | None = Field(
+        timedelta(minutes=30), description="acknowledged but not resolved: remind the officer after this")
+    ack_timeout: Duration | None = Field(
+        timedelta(hours=2), description="acknowledged but not resolved this long: unacknowledged again")
+    raise_severity: RaiseSeverity | None = None
+    tick_seconds: float = Field(5.0, gt=0, le=60, description="how often due timers are checked")
+
+    def chain_for(self, severity: str, category: str) -> EscalationChain | None:
+        for chain in self.chains:
+            if chain.severities and severity not in chain.severities:
+                continue
+            if chain.categories and category not in chain.categories:
+                continue
+            return chain
+        return None
+
+
 class TextsConfig(Strict):
     """Everything the bot says that is not a route's own reply; Jinja2 templates."""
 
@@ -290,21 +356,66 @@ class TextsConfig(Strict):
         "居民：{{ resident.name }}\n"
         "时间：{{ message.time }}\n"
         "内容：{{ message.text }}\n"
-        "请回复“收到 {{ incident.id }}”确认接警。"
+        "请回复“收到 {{ incident.id }}”确认接警，办结后回复“处理完毕 {{ incident.id }} 处理结果”。"
     )
     default_reply: str = "【{{ station.name }}】已收到您的报告，值班民警已接报，请保持电话畅通。"
+    backfill_note: str = "（本群社区民警{{ own_officer.name }}当前不在班，已通知{{ covering }}，请放心。）"
+    digest: str = (
+        "【离岗期间简报】{{ since }}以来您负责的群共有{{ incidents|length }}起警情：\n"
+        "{% for i in incidents %}#{{ i.id }} {{ i.group }} {{ i.category }} {{ i.severity }} {{ i.status }}"
+        "{% if i.by %}（{{ i.by }}）{% endif %} {{ i.time }}\n{% endfor %}"
+        "详情回复“我的”，或在管理后台查看。"
+    )
     joined_reply: str = (
         "【{{ station.name }}】收到，这件事已有居民报告（#{{ incident.id }}），民警已接报在处理，"
         "请注意安全，有新情况请继续在群里说。"
     )
     ack_group: str = "【{{ station.name }}】{{ officer.name }}已接警（#{{ incident.id }}），正在处理，请大家注意安全。"
+    escalation_ping: str = (
+        "【警情升级 #{{ incident.id }}】{{ route.category_label }} {{ incident.severity }}"
+        "{% if incident.overdue %}（已超时）{% endif %}\n"
+        "已{{ minutes }}分钟无人确认{% if incident.report_count > 1 %}，共{{ incident.report_count }}位居民报告{% endif %}。\n"
+        "群：{{ group.name }}\n居民：{{ resident.name }}\n内容：{{ message.text }}\n"
+        "请回复“收到 {{ incident.id }}”确认接警。"
+    )
+    ack_reminder: str = (
+        "【提醒】警情 #{{ incident.id }}（{{ group.name }}，{{ route.category_label }}）已确认{{ minutes }}分钟，尚未办结。"
+        "办结请回复“处理完毕 {{ incident.id }} 处理结果”。"
+    )
+    ack_expired: str = (
+        "【提醒】警情 #{{ incident.id }} 确认后{{ minutes }}分钟仍未办结，已重新转为待确认并升级。"
+    )
+    severity_raised: str = (
+        "【警情升级 #{{ incident.id }}】{{ group.name }}已有{{ incident.report_count }}位居民报告"
+        "{{ route.category_label }}，等级升为{{ incident.severity }}。内容：{{ message.text }}\n"
+        "请回复“收到 {{ incident.id }}”确认接警。"
+    )
     resolved_group: str = "【{{ station.name }}】#{{ incident.id }} 已处理完毕：{{ result }}（{{ officer.name }}）"
     ack_officer: str = "已确认接警 #{{ incident.id }}（{{ group.name }}）。"
     ack_nothing_open: str = "您当前没有待确认的警情。"
     ack_unknown_incident: str = "没有找到警情 #{{ number }}，或它不属于本所。"
     ack_already: str = "警情 #{{ incident.id }} 已由{{ acked_by }}于{{ acked_at }}确认。"
     not_an_officer: str = "您好，此账号仅用于接收民警指令。如需报警请拨打110，或在所在小区群里说明情况。"
-    unknown_command: str = "可用指令：\n收到 —— 确认最近一条待确认警情\n收到 12 —— 确认12号警情"
+    help: str = (
+        "可用指令（私聊发给我）：\n"
+        "收到 —— 确认最近一条待确认警情；收到 12 —— 确认12号警情\n"
+        "处理完毕 12 处理结果 —— 办结12号警情，结果会告知群里居民（也可写“结 12 …”）\n"
+        "转 12 张警官 —— 把12号警情转给其他民警\n"
+        "值班 —— 现在谁在班\n"
+        "我的 —— 我未办结的警情\n"
+        "帮助 —— 显示本说明"
+    )
+    resolve_officer: str = "已办结警情 #{{ incident.id }}，结果已告知群里居民：{{ result }}"
+    resolve_already: str = "警情 #{{ incident.id }} 已经办结。"
+    resolve_nothing_open: str = "您当前没有未办结的警情。办结指定警情请回复“处理完毕 编号 处理结果”。"
+    resolve_default_result: str = "民警已处理完毕"
+    transfer_ping: str = (
+        "【警情转交 #{{ incident.id }}】{{ by }}把这起警情转给您：{{ route.category_label }} {{ incident.severity }}\n"
+        "群：{{ group.name }}\n居民：{{ resident.name }}\n时间：{{ message.time }}\n内容：{{ message.text }}\n"
+        "请回复“收到 {{ incident.id }}”确认接警。"
+    )
+    transfer_officer: str = "警情 #{{ incident.id }} 已转给{{ officer.name }}。"
+    transfer_unknown_officer: str = "没有找到民警“{{ name }}”。请写民警的姓名或编号，例如“转 12 王警官”。"
     no_one_on_duty: str = "【{{ station.name }}】当前没有排班民警，已转所领导。"
 
 
@@ -351,6 +462,7 @@ class Config(Strict):
     routes: list[RouteConfig] = Field(default_factory=list)
     texts: TextsConfig = Field(default_factory=TextsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
 
     @field_validator("timezone")
     @classmethod
@@ -408,6 +520,12 @@ def reference_errors(config: Config) -> list[tuple[Path, str]]:
             if officer_id not in known_officers:
                 errors.append(_unknown(("rotations", index, "officers", o_index), officer_id, "officer",
                                        known_officers))
+    for c_index, chain in enumerate(config.escalation.chains):
+        for s_index, step in enumerate(chain.steps):
+            for n_index, target in enumerate(step.notify):
+                if target not in NOTIFY_ROLES and target not in known_officers:
+                    errors.append(_unknown(("escalation", "chains", c_index, "steps", s_index, "notify", n_index),
+                                           target, "role or officer", set(NOTIFY_ROLES) | known_officers))
     for index, override in enumerate(config.overrides):
         for field in ("officer", "replaces"):
             value = getattr(override, field)
