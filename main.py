@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     oncall.add_argument("--at", help='local time, e.g. "2026-11-28 23:00" (default: now)')
     oncall.add_argument("--group", help="only this group id")
 
+    casts = commands.add_parser("broadcasts", parents=[common], help="list warnings with their progress; cancel one")
+    casts.add_argument("--cancel", type=int, metavar="N", help="cancel broadcast N (what has not gone out yet)")
+
     _run_arguments(parser)  # `python main.py --sandbox-port ...` without `run`
     return parser
 
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_route(args)
     if command == "oncall":
         return cmd_oncall(args)
+    if command == "broadcasts":
+        return asyncio.run(cmd_broadcasts(args))
     return asyncio.run(cmd_run(args))
 
 
@@ -174,6 +179,41 @@ def cmd_oncall(args: argparse.Namespace) -> int:
         return 2
     print(describe(config, at, args.group))
     return 0
+
+
+async def cmd_broadcasts(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 2
+    from handlers import broadcasts
+    from handlers.runtime import ConfigVersion, system_clock
+    from handlers.texts import local_time
+    from models.db import Database
+    from models.tables import Broadcast
+
+    database = Database(config.database.url)
+    try:
+        await database.create_schema()
+        if args.cancel is not None:
+            async with database.session() as session, session.begin():
+                target = await session.get(Broadcast, args.cancel)
+                if target is None or target.station_id != config.station.id:
+                    print(f"broadcasts: no broadcast #{args.cancel} in station {config.station.id}", file=sys.stderr)
+                    return 2
+                stopped = await broadcasts.cancel(session, ConfigVersion.build(config), target, system_clock())
+            print(f"broadcast #{args.cancel} cancelled; {stopped} group(s) not sent")
+            return 0
+        async with database.session() as session:
+            rows = await broadcasts.list_broadcasts(session, config.station.id)
+        if not rows:
+            print("no broadcasts")
+        for broadcast, done in rows:
+            print(f"#{broadcast.id} {broadcast.status:<9} {local_time(config, broadcast.created_at)} "
+                  f"by {broadcast.created_by}: sent {done.sent}/{done.total}, failed {done.failed}, "
+                  f"skipped {done.skipped}, queued {done.queued}, cancelled {done.cancelled} — {broadcast.text[:40]}")
+        return 0
+    finally:
+        await database.close()
 
 
 def _route_test(config: Any, router: Any, path: Path) -> int:

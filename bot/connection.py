@@ -176,9 +176,18 @@ class Connection:
             mentions_bot=bool(self.self_id and self.self_id in mentions),
             sent_at=sent_at,
             is_self=bool(self.self_id and payload.from_id == self.self_id),
+            to_id=payload.to_id or None,
         )
 
     # -- outbound ----------------------------------------------------------------------------------
+    async def is_member(self, room_id: str) -> bool:
+        """Whether the bot is still in a room (asked of the puppet service, not a cache)."""
+        bot = self._bot
+        if bot is None or not self.logged_in.is_set():
+            raise ConnectionFailed("not connected")
+        member_ids = await bot.puppet.room_members(room_id)
+        return self.self_id in member_ids
+
     async def send(self, conversation_id: str, text: str, *, is_room: bool, mentions: list[str]) -> str | None:
         bot = self._bot
         if bot is None or not self.logged_in.is_set():

@@ -1,15 +1,24 @@
-"""The outbox sender loop: delivers pending rows in order, records each result, retries with backoff."""
+"""The outbox sender: claims due rows in order (urgent first), paces them per account, sends, records.
+
+Pacing is per channel: group messages at least ``group_interval`` (+ jitter) apart and under per-minute and
+per-day caps; private messages ``private_interval`` apart. A private ping is not held up by a group message
+waiting for its turn, and urgent rows (pings, replies to reports) always come before a running broadcast.
+Waits use the station's clock, so tests drive pacing by moving a fake clock and waking the sender.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from handlers.broadcasts import finish_if_done
 from handlers.runtime import Station
 from models import outbox
+from models.tables import OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +28,9 @@ IDLE_CHECK_SECONDS = 5.0  # also picks up rows left by a crash or written by ano
 
 class Transport(Protocol):
     def send(self, conversation_id: str, text: str, *, is_room: bool, mentions: list[str]) -> Awaitable[str | None]:
+        ...
+
+    def is_member(self, room_id: str) -> Awaitable[bool]:
         ...
 
 
@@ -33,42 +45,109 @@ def backoff(attempt: int) -> timedelta:
     return timedelta(seconds=min(2 ** attempt, 300))
 
 
-async def drain_once(station: Station, transport: Transport) -> int:
-    """Send what is due now; returns how many rows were settled."""
-    settled = 0
+class Pacer:
+    """When the next group / private message may go. In memory: the caps are checked in the database."""
+
+    def __init__(self, station: Station, rng: random.Random | None = None) -> None:
+        self.station = station
+        self.rng = rng or random.Random()
+        self.next_group: datetime | None = None
+        self.next_private: datetime | None = None
+
+    async def wait_for(self, row: OutboxMessage, now: datetime) -> float:
+        """Seconds until ``row`` may be sent (0: now)."""
+        settings = self.station.current.config.outbox
+        if not row.is_room:
+            return max(0.0, (self.next_private - now).total_seconds()) if self.next_private else 0.0
+        wait = max(0.0, (self.next_group - now).total_seconds()) if self.next_group else 0.0
+        async with self.station.db.session() as session:
+            if await outbox.sent_since(session, row.account, True, now - timedelta(minutes=1)) \
+                    >= settings.group_per_minute:
+                wait = max(wait, 5.0)
+            if row.priority > outbox.PRIORITY_URGENT and await outbox.sent_since(
+                    session, row.account, True, now - timedelta(days=1)) >= settings.group_per_day:
+                wait = max(wait, 60.0)
+        return wait
+
+    def sent(self, row: OutboxMessage, now: datetime) -> None:
+        settings = self.station.current.config.outbox
+        if row.is_room:
+            jitter = self.rng.uniform(0, settings.group_jitter.total_seconds())
+            self.next_group = now + settings.group_interval + timedelta(seconds=jitter)
+        else:
+            self.next_private = now + settings.private_interval
+
+
+async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> float | None:
+    """Send everything that may go now; returns seconds until the next paced row may go (None: nothing waits)."""
     while True:
+        now = station.now()
         async with station.db.session() as session:
-            rows = await outbox.next_pending(session, station.id, station.now(), limit=20)
+            rows = await outbox.next_pending(session, station.id, now, limit=50)
         if not rows:
-            return settled
+            return None
+        chosen, soonest = None, None
         for row in rows:
-            try:
-                message_id = await transport.send(row.conversation_id, row.text, is_room=row.is_room,
-                                                  mentions=list(row.mentions or []))
-            except Exception as exc:
-                _reraise_if_cancelled()
-                attempt = row.attempts + 1
-                retry_at = station.now() + backoff(attempt) if attempt < MAX_ATTEMPTS else None
-                log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, attempt, exc)
-                async with station.db.session() as session, session.begin():
-                    await outbox.mark_attempt_failed(session, row.id, f"{type(exc).__name__}: {exc}", retry_at)
-                return settled  # keep order: do not send later rows past a failing one
+            wait = await pacer.wait_for(row, now)
+            if wait <= 0:
+                chosen = row
+                break
+            soonest = wait if soonest is None else min(soonest, wait)
+        if chosen is None:
+            return soonest
+        async with station.db.session() as session, session.begin():
+            if not await outbox.claim(session, chosen.id, now):
+                continue  # another process has it
+        await _send(station, transport, pacer, chosen)
+
+
+async def _send(station: Station, transport: Transport, pacer: Pacer, row: OutboxMessage) -> None:
+    try:
+        if row.broadcast_id is not None and row.is_room and not await transport.is_member(row.conversation_id):
             async with station.db.session() as session, session.begin():
-                await outbox.mark_sent(session, row.id, station.now(), message_id)
-            settled += 1
+                await outbox.mark_attempt_failed(session, row.id, "the bot is no longer in this group", None,
+                                                 skipped=True)
+                await finish_if_done(session, station, row.broadcast_id)
+            return
+        message_id = await transport.send(row.conversation_id, row.text, is_room=row.is_room,
+                                          mentions=list(row.mentions or []))
+    except Exception as exc:
+        _reraise_if_cancelled()
+        attempt = row.attempts + 1
+        retry_at = station.now() + backoff(attempt) if attempt < MAX_ATTEMPTS else None
+        log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, attempt, exc)
+        async with station.db.session() as session, session.begin():
+            await outbox.mark_attempt_failed(session, row.id, f"{type(exc).__name__}: {exc}", retry_at)
+            if retry_at is None and row.broadcast_id is not None:
+                await finish_if_done(session, station, row.broadcast_id)
+        return
+    now = station.now()
+    pacer.sent(row, now)
+    async with station.db.session() as session, session.begin():
+        await outbox.mark_sent(session, row.id, now, message_id)
+        if row.broadcast_id is not None:
+            await finish_if_done(session, station, row.broadcast_id)
 
 
 async def run_sender(station: Station, transport: Transport, ready: asyncio.Event) -> None:
-    """Forever: wait until connected, then drain whenever new rows are announced (or periodically)."""
+    """Forever: wait until connected, settle rows a dead sender left behind, then drain whenever new rows
+    are announced, a paced row's turn comes, or periodically."""
+    pacer = Pacer(station)
     while True:
         await ready.wait()
         station.outbox_ready.clear()
+        wait: float | None = None
         try:
-            await drain_once(station, transport)
+            async with station.db.session() as session, session.begin():
+                settled, requeued = await outbox.reconcile_stale(session, station.id, station.now())
+            if settled or requeued:
+                log.info("outbox: %s interrupted sends confirmed by their echo, %s queued again", settled, requeued)
+            wait = await drain_once(station, transport, pacer)
         except Exception:
             _reraise_if_cancelled()
             log.exception("outbox sender error; retrying")
+        timeout = IDLE_CHECK_SECONDS if wait is None else min(max(wait, 0.01), IDLE_CHECK_SECONDS)
         try:
-            await asyncio.wait_for(station.outbox_ready.wait(), IDLE_CHECK_SECONDS)
+            await asyncio.wait_for(station.outbox_ready.wait(), timeout)
         except TimeoutError:
             pass

@@ -17,6 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config.schema import Config, OfficerConfig
+from handlers import broadcasts
 from handlers.escalation import group_of, start_chain
 from handlers.inbound import Inbound
 from handlers.incidents import ack_already_text, acknowledge, add_event, resolve
@@ -24,7 +25,7 @@ from handlers.oncall import roster
 from handlers.runtime import ConfigVersion
 from handlers.texts import incident_context, local_time, say
 from models.outbox import PRIORITY_URGENT, enqueue
-from models.tables import Incident, IncidentStatus
+from models.tables import Broadcast, Incident, IncidentStatus
 
 _ACK = r"(?:收到|收倒|受到|好的收到|收到收到|ok|1)"
 _RESOLVE = r"(?:处理完毕|处理完了|处理完|已处理|已办结|办结|完毕|结案|结)"
@@ -34,6 +35,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ack", re.compile(rf"^{_ACK}(?:\s*{_NUMBER})?$", re.IGNORECASE)),
     ("resolve", re.compile(rf"^{_RESOLVE}(?:\s*{_NUMBER})?(?:\s+|[:：,，]\s*)?(?P<rest>.*)$")),
     ("transfer", re.compile(rf"^{_TRANSFER}\s*{_NUMBER}\s*(?:给)?\s*(?P<rest>.+)$")),
+    ("warn_draft", re.compile(rf"^预警\s*草稿\s*{_NUMBER}$")),
+    ("warn", re.compile(r"^预警\s*(?P<rest>.*)$", re.S)),
+    ("confirm", re.compile(r"^(?:确认|确认发送|发送)$")),
+    ("cancel", re.compile(rf"^(?:取消|取消发送|不发了)(?:\s*{_NUMBER})?$")),
     ("duty", re.compile(r"^(?:值班|谁值班|值班表|值班民警|今天谁值班)$")),
     ("mine", re.compile(r"^(?:我的|我的警情|我的任务|待办)$")),
     ("help", re.compile(r"^(?:帮助|help|菜单|指令|\?)$", re.IGNORECASE)),
@@ -95,6 +100,8 @@ async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: In
         return await _resolve(session, live, officer, command, now, answer)
     if command.name == "transfer":
         return await _transfer(session, live, officer, command, now, answer)
+    if command.name in ("warn", "warn_draft", "confirm", "cancel"):
+        return await _broadcast_command(session, live, officer, command, now, answer)
     if command.name == "duty":
         answer(_duty_text(config, now))
         return "duty"
@@ -183,6 +190,51 @@ async def _transfer(session: AsyncSession, live: ConfigVersion, officer: Officer
     add_event(session, incident, "pinged", now, target.id, "transferred")
     answer(say(config.texts.transfer_officer, context))
     return "transferred"
+
+
+async def _broadcast_command(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, command: Command,
+                             now: datetime, answer: Reply) -> str:
+    config = live.config
+    if not broadcasts.may_broadcast(config, officer):
+        answer(config.texts.broadcast_refused)
+        return "broadcast_refused"
+    if command.name == "confirm":
+        draft = await broadcasts.latest_draft(session, live, officer.id, now)
+        if draft is None:
+            answer(config.texts.broadcast_no_draft)
+            return "broadcast_no_draft"
+        count = await broadcasts.confirm(session, live, draft, now)
+        answer(say(config.texts.broadcast_started, {"id": draft.id, "count": count}))
+        return "broadcast_confirmed"
+    if command.name == "cancel":
+        target = (await session.get(Broadcast, command.number) if command.number
+                  else await broadcasts.latest_draft(session, live, officer.id, now))
+        if target is None or target.station_id != config.station.id:
+            answer(config.texts.broadcast_no_draft)
+            return "broadcast_no_draft"
+        stopped = await broadcasts.cancel(session, live, target, now)
+        answer(say(config.texts.broadcast_cancelled, {"id": target.id, "stopped": stopped}))
+        return "broadcast_cancelled"
+    if command.name == "warn_draft":
+        incident = await session.get(Incident, command.number)
+        if incident is None or incident.station_id != config.station.id:
+            answer(say(config.texts.ack_unknown_incident, {"number": command.number}))
+            return "broadcast_not_found"
+        text, groups = broadcasts.draft_from_incident(config, incident), broadcasts.resolve_scope(config, "")[0]
+        source = incident.id
+    else:
+        scope, text = broadcasts.split_scope(command.rest)
+        groups, unknown = broadcasts.resolve_scope(config, scope)
+        if unknown:
+            answer(say(config.texts.broadcast_unknown_groups, {"words": "、".join(unknown)}))
+            return "broadcast_unknown_groups"
+        if not text:
+            answer(config.texts.broadcast_empty)
+            return "broadcast_empty"
+        source = None
+    draft = await broadcasts.create_draft(session, live, officer.id, officer.wechat_id, text, groups, now, source)
+    answer(broadcasts.preview_text(config, draft))
+    return "broadcast_draft"
 
 
 def _duty_text(config: Config, now: datetime) -> str:

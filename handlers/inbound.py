@@ -20,6 +20,7 @@ class Inbound:
     mentions_bot: bool
     sent_at: datetime  # aware
     is_self: bool = False
+    to_id: str | None = None  # private messages: the recipient
 
     @property
     def is_private(self) -> bool:

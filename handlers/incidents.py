@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.config.schema import GroupConfig, OfficerConfig
+from bot.config.schema import GroupConfig, OfficerConfig, Role
 from handlers.escalation import arm_acknowledged, start_chain
 from handlers.inbound import Inbound
 from handlers.oncall import coverage
@@ -17,7 +18,7 @@ from handlers.routing import RouteMatch
 from handlers.runtime import ConfigVersion
 from handlers.texts import incident_context, local_time, say
 from models.outbox import PRIORITY_URGENT, enqueue
-from models.tables import Incident, IncidentEvent, IncidentStatus
+from models.tables import Incident, IncidentEvent, IncidentStatus, allocate_case_number
 
 
 def add_event(
@@ -125,6 +126,7 @@ async def open_incident(
     route = match.route
     cover = coverage(config, group, now)
     incident = Incident(
+        id=await allocate_case_number(session, "incident", config.station.id),
         station_id=config.station.id,
         group_id=group.id if group else None,
         room_id=inbound.room_id,
@@ -163,7 +165,23 @@ async def open_incident(
     ping = say(route.ping or config.texts.ping, context)
     for officer in cover.officers:
         _ping(session, live, incident, officer, ping, now, cover.reason)
+    if incident.category == "scam" and config.broadcast.notify_scam_reports:
+        _tell_antifraud(session, live, incident, context, now, already=cover.officers)
     return incident
+
+
+def _tell_antifraud(session: AsyncSession, live: ConfigVersion, incident: Incident, context: dict[str, Any],
+                    now: datetime, already: tuple[OfficerConfig, ...]) -> None:
+    """The anti-fraud team hears of every scam report, with a one-word way to warn every group."""
+    config = live.config
+    team = [o for o in config.officers if o.role == Role.antifraud and o not in already]
+    if not team:
+        return
+    text = say(config.texts.scam_summary, context)
+    for officer in team:
+        enqueue(session, account=config.station.id, conversation_id=officer.wechat_id, is_room=False, text=text,
+                now=now, kind="scam_summary", priority=PRIORITY_URGENT, incident_id=incident.id)
+    add_event(session, incident, "antifraud_told", now, None, ", ".join(o.id for o in team))
 
 
 def _ping(

@@ -8,6 +8,7 @@ from another process sharing the database, changes nothing.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -18,9 +19,21 @@ from handlers.commands import handle_private
 from handlers.inbound import Inbound
 from handlers.incidents import report
 from handlers.runtime import Station
-from models.tables import InboundMessage
+from models.outbox import text_hash
+from models.tables import EchoReceipt, InboundMessage
 
 log = logging.getLogger(__name__)
+
+
+async def _insert_once(session: AsyncSession, station: Station, model: type[Any], values: dict[str, Any]) -> Any:
+    """INSERT … ON CONFLICT (account, message_id) DO NOTHING; the new row's id, or None if it existed."""
+    insert = sqlite_insert if station.db.is_sqlite else pg_insert
+    statement = (
+        insert(model).values(**values)
+        .on_conflict_do_nothing(index_elements=["account", "message_id"])
+        .returning(model.id)
+    )
+    return (await session.execute(statement)).scalar_one_or_none()
 
 
 async def _store_once(session: AsyncSession, station: Station, inbound: Inbound, group_id: str | None) -> int | None:
@@ -37,19 +50,19 @@ async def _store_once(session: AsyncSession, station: Station, inbound: Inbound,
         "sent_at": inbound.sent_at,
         "received_at": station.now(),
     }
-    insert = sqlite_insert if station.db.is_sqlite else pg_insert
-    statement = (
-        insert(InboundMessage)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["account", "message_id"])
-        .returning(InboundMessage.id)
-    )
-    return (await session.execute(statement)).scalar_one_or_none()
+    return await _insert_once(session, station, InboundMessage, values)
 
 
 async def handle(station: Station, inbound: Inbound) -> str:
     """Process one message; returns what happened (for logs and tests)."""
     if inbound.is_self:
+        # Our own send coming back: the receipt that settles an outbox row if its sender died mid-send.
+        conversation = inbound.room_id or inbound.to_id
+        if conversation:
+            async with station.db.session() as session, session.begin():
+                await _insert_once(session, station, EchoReceipt, {
+                    "account": inbound.account, "message_id": inbound.message_id, "conversation_id": conversation,
+                    "text_hash": text_hash(inbound.text), "at": station.now()})
         return "self"
     live = station.current  # one config version for the whole message, even if a reload lands meanwhile
     group = live.group_for(inbound.room_id, inbound.room_topic) if inbound.room_id else None

@@ -1,17 +1,35 @@
-"""The outbox queries: enqueue inside the deciding transaction; claim and settle from the sender loop."""
+"""The outbox queries: enqueue inside the deciding transaction; claim, settle and reconcile from the sender.
+
+A row is ``pending`` until a sender claims it (``sending``, conditional on it still being pending, so two
+processes never both send it), then ``sent`` or, after its retries, ``failed``. A row left ``sending`` by a
+process that died is settled from the echo receipts (the puppet service sends the bot's own messages back)
+or else returned to ``pending``.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import re
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models.tables import OutboxMessage, OutboxStatus
+from models.tables import BroadcastDelivery, EchoReceipt, OutboxMessage, OutboxStatus
 
 PRIORITY_URGENT = 0  # pings and replies to reports
 PRIORITY_NORMAL = 5
 PRIORITY_BULK = 9  # broadcasts
+
+STALE_CLAIM = timedelta(seconds=60)
+
+
+_MENTION_PREFIX = re.compile("^(?:@[^\u2005]*\u2005)+")
+
+
+def text_hash(text: str) -> str:
+    """Identifies a message's text, ignoring the "@name\u2005" prefix the connection adds for mentions."""
+    return hashlib.sha256(_MENTION_PREFIX.sub("", text).encode("utf-8")).hexdigest()
 
 
 def enqueue(
@@ -26,6 +44,7 @@ def enqueue(
     priority: int = PRIORITY_NORMAL,
     incident_id: int | None = None,
     mentions: list[str] | None = None,
+    broadcast_id: int | None = None,
 ) -> OutboxMessage:
     row = OutboxMessage(
         account=account,
@@ -36,6 +55,7 @@ def enqueue(
         priority=priority,
         kind=kind,
         incident_id=incident_id,
+        broadcast_id=broadcast_id,
         status=OutboxStatus.pending,
         attempts=0,
         created_at=now,
@@ -56,22 +76,83 @@ async def next_pending(session: AsyncSession, account: str, now: datetime, limit
     return [row for row in rows if row.not_before is None or row.not_before <= now]
 
 
+async def claim(session: AsyncSession, row_id: int, now: datetime) -> bool:
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == row_id, OutboxMessage.status == OutboxStatus.pending)
+        .values(status=OutboxStatus.sending, claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 async def mark_sent(session: AsyncSession, row_id: int, now: datetime, sent_message_id: str | None) -> None:
     await session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id == row_id)
         .values(status=OutboxStatus.sent, sent_at=now, sent_message_id=sent_message_id,
                 attempts=OutboxMessage.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(BroadcastDelivery).where(BroadcastDelivery.outbox_id == row_id)
+        .values(status="sent", sent_at=now, attempts=BroadcastDelivery.attempts + 1)
+        .execution_options(synchronize_session=False)
     )
 
 
 async def mark_attempt_failed(
-    session: AsyncSession, row_id: int, error: str, retry_at: datetime | None
+    session: AsyncSession, row_id: int, error: str, retry_at: datetime | None, *, skipped: bool = False
 ) -> None:
-    """Record a failed attempt; with ``retry_at`` the row stays pending until then, without it it has failed."""
+    """Record a failed attempt; with ``retry_at`` the row is pending again from then, without it it has failed."""
     values: dict[str, object] = {"attempts": OutboxMessage.attempts + 1, "last_error": error[:2000]}
     if retry_at is None:
         values["status"] = OutboxStatus.failed
     else:
+        values["status"] = OutboxStatus.pending
         values["not_before"] = retry_at
-    await session.execute(update(OutboxMessage).where(OutboxMessage.id == row_id).values(**values))
+    await session.execute(update(OutboxMessage).where(OutboxMessage.id == row_id).values(**values)
+                          .execution_options(synchronize_session=False))
+    delivery: dict[str, object] = {"attempts": BroadcastDelivery.attempts + 1, "reason": error[:2000]}
+    if retry_at is None:
+        delivery["status"] = "skipped" if skipped else "failed"
+    await session.execute(update(BroadcastDelivery).where(BroadcastDelivery.outbox_id == row_id).values(**delivery)
+                          .execution_options(synchronize_session=False))
+
+
+async def reconcile_stale(session: AsyncSession, account: str, now: datetime) -> tuple[int, int]:
+    """Settle rows a dead sender left ``sending``: sent if its echo came back, else pending again.
+    Returns (settled as sent, returned to pending)."""
+    stale = (await session.scalars(
+        select(OutboxMessage).where(OutboxMessage.account == account, OutboxMessage.status == OutboxStatus.sending,
+                                    OutboxMessage.claimed_at <= now - STALE_CLAIM))).all()
+    sent = requeued = 0
+    for row in stale:
+        echo = (await session.scalars(
+            select(EchoReceipt).where(EchoReceipt.account == account, EchoReceipt.conversation_id == row.conversation_id,
+                                      EchoReceipt.text_hash.in_([text_hash(row.text)]),
+                                      EchoReceipt.at >= (row.claimed_at or row.created_at) - timedelta(seconds=5))
+            .order_by(EchoReceipt.id).limit(1))).first()
+        if echo is not None:
+            await mark_sent(session, row.id, echo.at, echo.message_id)
+            sent += 1
+        else:
+            await session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id,
+                                                              OutboxMessage.status == OutboxStatus.sending)
+                                  .values(status=OutboxStatus.pending).execution_options(synchronize_session=False))
+            requeued += 1
+    return sent, requeued
+
+
+async def sent_since(session: AsyncSession, account: str, is_room: bool, since: datetime) -> int:
+    return int(await session.scalar(
+        select(func.count()).select_from(OutboxMessage).where(
+            OutboxMessage.account == account, OutboxMessage.is_room == is_room,
+            OutboxMessage.status == OutboxStatus.sent, OutboxMessage.sent_at >= since)) or 0)
+
+
+async def last_sent_at(session: AsyncSession, account: str, is_room: bool) -> datetime | None:
+    return await session.scalar(
+        select(func.max(OutboxMessage.sent_at)).where(
+            OutboxMessage.account == account, OutboxMessage.is_room == is_room,
+            OutboxMessage.status == OutboxStatus.sent))

@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from models.base import Base, UTCDateTime
@@ -97,6 +98,7 @@ class IncidentEvent(Base):
 
 class OutboxStatus(StrEnum):
     pending = "pending"
+    sending = "sending"  # claimed by a sender; if that process died, reconciled against echo receipts
     sent = "sent"
     failed = "failed"
 
@@ -120,6 +122,8 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)  # retry backoff
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    broadcast_id: Mapped[int | None] = mapped_column(BigId, index=True)  # no FK: broadcasts reference outbox rows
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_message_id: Mapped[str | None] = mapped_column(String(128))
@@ -135,3 +139,82 @@ class OfficerPresence(Base):
     station_id: Mapped[str] = mapped_column(String(64))
     officer_id: Mapped[str] = mapped_column(String(64))
     last_on_duty_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CaseNumber(Base):
+    """One sequence of case numbers shared by incidents and inquiries, so that "结 12" names one thing."""
+
+    __tablename__ = "case_numbers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    station_id: Mapped[str] = mapped_column(String(64))
+
+
+async def allocate_case_number(session: AsyncSession, kind: str, station_id: str) -> int:
+    row = CaseNumber(kind=kind, station_id=station_id)
+    session.add(row)
+    await session.flush()
+    return row.id
+
+
+class EchoReceipt(Base):
+    """The bot's own messages as they come back from the puppet service: proof that a send went out,
+    used to settle outbox rows whose sender died between sending and recording it."""
+
+    __tablename__ = "echo_receipts"
+    __table_args__ = (UniqueConstraint("account", "message_id"),
+                      Index("ix_echo_receipts_lookup", "account", "conversation_id", "text_hash"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str] = mapped_column(String(128))
+    conversation_id: Mapped[str] = mapped_column(String(128))
+    text_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BroadcastStatus(StrEnum):
+    draft = "draft"
+    sending = "sending"
+    done = "done"
+    cancelled = "cancelled"
+
+
+class Broadcast(Base):
+    __tablename__ = "broadcasts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    station_id: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(64))  # officer id or web user
+    creator_wechat_id: Mapped[str | None] = mapped_column(String(128))  # told of progress
+    text: Mapped[str] = mapped_column(Text)
+    scope: Mapped[list[str]] = mapped_column(JSON, default=list)  # group ids
+    source_incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"))
+    status: Mapped[str] = mapped_column(String(16), default=BroadcastStatus.draft)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    deliveries: Mapped[list[BroadcastDelivery]] = relationship(
+        back_populates="broadcast", order_by="BroadcastDelivery.id", cascade="all, delete-orphan"
+    )
+
+
+class BroadcastDelivery(Base):
+    """One group's copy of a broadcast: at most one per group, ever."""
+
+    __tablename__ = "broadcast_deliveries"
+    __table_args__ = (UniqueConstraint("broadcast_id", "group_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    broadcast_id: Mapped[int] = mapped_column(ForeignKey("broadcasts.id", ondelete="CASCADE"), index=True)
+    group_id: Mapped[str] = mapped_column(String(64))
+    room_id: Mapped[str] = mapped_column(String(128))
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued, sent, failed, skipped, cancelled
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    broadcast: Mapped[Broadcast] = relationship(back_populates="deliveries")

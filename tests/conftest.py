@@ -90,11 +90,17 @@ def default_config_text() -> str:
     return (ROOT / "config.yaml").read_text(encoding="utf-8")
 
 
-def write_config(directory: Path, text_yaml: str, database_url: str | None = None) -> Path:
-    """Write a config into ``directory`` with its data (and SQLite file) kept there too."""
+def write_config(directory: Path, text_yaml: str, database_url: str | None = None, *, paced: bool = False) -> Path:
+    """Write a config into ``directory`` with its data (and SQLite file) kept there too.
+
+    Unless ``paced``, sending is not paced: most tests freeze a fake clock, and pacing is tested on its own.
+    """
     import yaml
 
     data = yaml.safe_load(text_yaml)
+    if not paced:
+        data.setdefault("outbox", {}).update(group_interval="0s", group_jitter="0s", private_interval="0s",
+                                             group_per_minute=100000)
     data["data_dir"] = str(directory / "data")
     data.setdefault("database", {})["url"] = database_url or f"sqlite+aiosqlite:///{directory / 'data' / 'gonghao.db'}"
     path = directory / "config.yaml"

@@ -28,7 +28,7 @@ def test_default_config_is_valid() -> None:
     config = load_config(ROOT / "config.yaml")
     assert config.station.id == "huamu"
     assert {g.id for g in config.groups} == {"jinxiu", "lianyang", "fangdian"}
-    assert {o.role.value for o in config.officers} == {"community", "duty", "supervisor"}
+    assert {o.role.value for o in config.officers} == {"community", "duty", "supervisor", "antifraud"}
 
 
 def test_minimal_config_is_valid() -> None:
@@ -41,7 +41,7 @@ def test_minimal_config_is_valid() -> None:
     ("broken", "line", "field", "expected"),
     [
         # (text replaced in MINIMAL, line reported, field path, fragment of the message)
-        (("role: community", "role: boss"), 3, "officers[0].role", "'community', 'duty' or 'supervisor'"),
+        (("role: community", "role: boss"), 3, "officers[0].role", "'community', 'duty', 'supervisor'"),
         (("officer: wang}", "officer: nobody}"), 5, "groups[0].officer", "unknown officer 'nobody'"),
         (("match: {any: [着火]}", "match: {regex: ['(']}"), 9, "routes[0].match.regex", "invalid regular expression"),
         (("match: {any: [着火]}", "match: {}"), 7, "routes[0]", "needs match.any"),

@@ -147,13 +147,12 @@ async def http(sandbox: Sandbox) -> AsyncIterator[aiohttp.ClientSession]:
 def test_default_world_matches_the_project_config() -> None:
     world = load_world()
     assert (world.bot.id, world.bot.name) == (BOT, "花木派出所公号")
+    from bot.config.loader import load_config
+
+    config = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
     officers = {c.id: c.name for c in world.officers}
-    assert officers == {
-        "wxid_officer_wang": "王警官",
-        "wxid_officer_chen": "陈警官",
-        "wxid_officer_li": "李警官",
-        "wxid_officer_zhao": "赵所长",
-    }
+    assert officers == {o.wechat_id: o.name for o in config.officers}
+    assert {g.room_id: g.topic for g in config.groups} == {r.id: r.topic for r in world.rooms}
     assert [c.id for c in world.residents] == [f"wxid_res_{i:02d}" for i in range(1, 11)]
     assert len({c.name for c in world.residents}) == 10
     rooms = {r.id: r for r in world.rooms}

@@ -347,6 +347,23 @@ class EscalationConfig(Strict):
         return None
 
 
+class OutboxConfig(Strict):
+    """How fast this account may send. WeChat blocks accounts that send bursts ("发送消息过于频繁")."""
+
+    group_interval: Duration = Field(timedelta(seconds=2.5), description="at least this between group messages")
+    group_jitter: Duration = Field(timedelta(seconds=1), description="plus a random extra up to this")
+    private_interval: Duration = Field(timedelta(seconds=0.3), description="between private messages")
+    group_per_minute: int = Field(20, ge=1)
+    group_per_day: int = Field(3000, ge=1, description="urgent replies to reports are exempt")
+
+
+class BroadcastConfig(Strict):
+    roles: list[Role] = Field(default_factory=lambda: [Role.antifraud, Role.supervisor],
+                              description="who may send warnings")
+    notify_scam_reports: bool = Field(True, description="send the anti-fraud team a summary of scam reports")
+    draft_expires: Duration = Field(timedelta(hours=1), description="an unconfirmed draft expires after this")
+
+
 class TextsConfig(Strict):
     """Everything the bot says that is not a route's own reply; Jinja2 templates."""
 
@@ -390,6 +407,29 @@ class TextsConfig(Strict):
         "{{ route.category_label }}，等级升为{{ incident.severity }}。内容：{{ message.text }}\n"
         "请回复“收到 {{ incident.id }}”确认接警。"
     )
+    broadcast_message: str = "【{{ station.name }}·反诈预警】{{ text }}"
+    broadcast_preview: str = (
+        "【预警草稿 #{{ id }}】将发送到{{ count }}个群：{{ groups }}\n——\n{{ text }}\n——\n"
+        "回复“确认”发送，回复“取消”放弃。"
+    )
+    broadcast_started: str = "预警 #{{ id }} 开始发送，共{{ count }}个群，发完会告诉您结果。"
+    broadcast_done: str = (
+        "预警 #{{ id }} 发送完成：成功{{ sent }}个群{% if failed %}，失败{{ failed }}个{% endif %}"
+        "{% if skipped %}，跳过{{ skipped }}个（公号已不在群内）{% endif %}。"
+    )
+    broadcast_cancelled: str = "预警 #{{ id }} 已取消{% if stopped %}，{{ stopped }}个群未发送{% endif %}。"
+    broadcast_refused: str = "只有反诈民警和所领导可以发送预警。"
+    broadcast_no_draft: str = "没有待确认的预警草稿。发送预警请回复“预警 预警内容”。"
+    broadcast_unknown_groups: str = "没有找到这些群：{{ words }}。请写群名的一部分，例如“预警【锦绣,联洋】内容”。"
+    broadcast_empty: str = "预警内容不能为空。请回复“预警 预警内容”。"
+    broadcast_from_incident: str = (
+        "近期有居民收到这样的信息：“{{ message.text }}”。这是诈骗！千万不要转账，不要点链接，"
+        "不要把验证码告诉任何人。拿不准请拨打96110或110。"
+    )
+    scam_summary: str = (
+        "【诈骗线索 #{{ incident.id }}】{{ group.name }} {{ resident.name }}（{{ message.time }}）：{{ message.text }}\n"
+        "回复“预警 草稿 {{ incident.id }}”可生成面向全所各群的预警草稿。"
+    )
     resolved_group: str = "【{{ station.name }}】#{{ incident.id }} 已处理完毕：{{ result }}（{{ officer.name }}）"
     ack_officer: str = "已确认接警 #{{ incident.id }}（{{ group.name }}）。"
     ack_nothing_open: str = "您当前没有待确认的警情。"
@@ -403,6 +443,8 @@ class TextsConfig(Strict):
         "转 12 张警官 —— 把12号警情转给其他民警\n"
         "值班 —— 现在谁在班\n"
         "我的 —— 我未办结的警情\n"
+        "预警 内容 —— 给全所各群发反诈预警（反诈民警、所领导）；预警【锦绣,联洋】内容 —— 只发这些群；"
+        "预警 草稿 12 —— 用12号诈骗警情生成草稿；确认 / 取消 —— 发送或放弃草稿\n"
         "帮助 —— 显示本说明"
     )
     resolve_officer: str = "已办结警情 #{{ incident.id }}，结果已告知群里居民：{{ result }}"
@@ -463,6 +505,8 @@ class Config(Strict):
     texts: TextsConfig = Field(default_factory=TextsConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig)
 
     @field_validator("timezone")
     @classmethod

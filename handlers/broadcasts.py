@@ -1,0 +1,193 @@
+"""Warnings to every group of a station: a draft, a preview, one confirmation, then one delivery per group.
+
+Every group's copy is a ``broadcast_deliveries`` row (unique per broadcast and group) tied to an outbox row
+written in the confirming transaction, so a crash before, during or after sending neither loses a group nor
+sends one twice; the sender paces them behind urgent traffic. When the last delivery settles, the officer
+who sent it is told how it went.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.config.schema import Config, GroupConfig, OfficerConfig
+from handlers.runtime import ConfigVersion, Station
+from handlers.texts import incident_context, say
+from models.outbox import PRIORITY_BULK, PRIORITY_NORMAL, enqueue
+from models.tables import Broadcast, BroadcastDelivery, BroadcastStatus, Incident, OutboxMessage, OutboxStatus
+
+_ALL = {"", "全部", "所有", "全部群", "所有群", "all"}
+_SCOPE = re.compile(r"^[\[【(（](?P<scope>[^\]】)）]*)[\]】)）]\s*(?P<text>.*)$", re.S)
+
+
+def may_broadcast(config: Config, officer: OfficerConfig) -> bool:
+    return officer.role in config.broadcast.roles
+
+
+def split_scope(words: str) -> tuple[str, str]:
+    """"【锦绣,联洋】文本" -> ("锦绣,联洋", "文本"); without brackets the scope is every group."""
+    found = _SCOPE.match(words.strip())
+    if found:
+        return found.group("scope").strip(), found.group("text").strip()
+    return "", words.strip()
+
+
+def resolve_scope(config: Config, scope: str) -> tuple[list[GroupConfig], list[str]]:
+    """Groups named by ids, names or parts of names (comma/space separated); returns (groups, unknown words)."""
+    if scope.strip().lower() in _ALL:
+        return [g for g in config.groups if g.room_id or g.topic], []
+    chosen: list[GroupConfig] = []
+    unknown: list[str] = []
+    for word in filter(None, re.split(r"[,，、\s]+", scope)):
+        found = [g for g in config.groups if word == g.id or word in g.display_name]
+        if not found:
+            unknown.append(word)
+        chosen.extend(g for g in found if g not in chosen)
+    return chosen, unknown
+
+
+def _group_names(config: Config, group_ids: list[str]) -> str:
+    names = [g.display_name for g in config.groups if g.id in group_ids]
+    return "、".join(names[:10]) + (f" 等{len(names)}个群" if len(names) > 10 else "")
+
+
+async def create_draft(session: AsyncSession, live: ConfigVersion, created_by: str, creator_wechat_id: str | None,
+                       text: str, groups: list[GroupConfig], now: datetime,
+                       source_incident_id: int | None = None) -> Broadcast:
+    broadcast = Broadcast(station_id=live.config.station.id, created_by=created_by,
+                          creator_wechat_id=creator_wechat_id, text=text, scope=[g.id for g in groups],
+                          source_incident_id=source_incident_id, status=BroadcastStatus.draft, created_at=now)
+    session.add(broadcast)
+    await session.flush()
+    return broadcast
+
+
+def preview_text(config: Config, broadcast: Broadcast) -> str:
+    return say(config.texts.broadcast_preview, {
+        "id": broadcast.id, "count": len(broadcast.scope), "groups": _group_names(config, broadcast.scope),
+        "text": group_text(config, broadcast), "station": {"name": config.station.name}})
+
+
+def group_text(config: Config, broadcast: Broadcast) -> str:
+    return say(config.texts.broadcast_message, {"text": broadcast.text, "station": {"name": config.station.name}})
+
+
+def draft_from_incident(config: Config, incident: Incident) -> str:
+    return say(config.texts.broadcast_from_incident, incident_context(config, incident))
+
+
+async def latest_draft(session: AsyncSession, live: ConfigVersion, created_by: str, now: datetime) -> Broadcast | None:
+    config = live.config
+    return (await session.scalars(
+        select(Broadcast).where(Broadcast.station_id == config.station.id, Broadcast.created_by == created_by,
+                                Broadcast.status == BroadcastStatus.draft,
+                                Broadcast.created_at >= now - config.broadcast.draft_expires)
+        .order_by(Broadcast.id.desc()).limit(1))).first()
+
+
+async def confirm(session: AsyncSession, live: ConfigVersion, broadcast: Broadcast, now: datetime) -> int:
+    """Queue one delivery per group; returns how many. Conditional on the draft still being a draft."""
+    config = live.config
+    claimed = await session.execute(
+        update(Broadcast).where(Broadcast.id == broadcast.id, Broadcast.status == BroadcastStatus.draft)
+        .values(status=BroadcastStatus.sending, confirmed_at=now).execution_options(synchronize_session=False))
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return 0
+    text = group_text(config, broadcast)
+    count = 0
+    for group in config.groups:
+        if group.id not in broadcast.scope:
+            continue
+        room_id = group.room_id or group.topic or ""
+        row = enqueue(session, account=config.station.id, conversation_id=room_id, is_room=True, text=text, now=now,
+                      kind="broadcast", priority=PRIORITY_BULK, broadcast_id=broadcast.id)
+        await session.flush()
+        session.add(BroadcastDelivery(broadcast_id=broadcast.id, group_id=group.id, room_id=room_id,
+                                      outbox_id=row.id, status="queued"))
+        count += 1
+    if count == 0:
+        await finish_if_done(session, None, broadcast.id, live=live, now=now)
+    return count
+
+
+async def cancel(session: AsyncSession, live: ConfigVersion, broadcast: Broadcast, now: datetime) -> int:
+    """Cancel a draft, or the deliveries of a running broadcast that have not gone out; returns how many
+    deliveries were stopped."""
+    if broadcast.status == BroadcastStatus.draft:
+        broadcast.status = BroadcastStatus.cancelled
+        broadcast.finished_at = now
+        return 0
+    if broadcast.status != BroadcastStatus.sending:
+        return 0
+    pending = (await session.scalars(
+        select(OutboxMessage.id).where(OutboxMessage.broadcast_id == broadcast.id,
+                                       OutboxMessage.status == OutboxStatus.pending))).all()
+    if pending:
+        await session.execute(update(OutboxMessage).where(OutboxMessage.id.in_(pending),
+                                                          OutboxMessage.status == OutboxStatus.pending)
+                              .values(status=OutboxStatus.failed, last_error="cancelled")
+                              .execution_options(synchronize_session=False))
+        await session.execute(update(BroadcastDelivery).where(BroadcastDelivery.outbox_id.in_(pending))
+                              .values(status="cancelled").execution_options(synchronize_session=False))
+    await session.execute(update(Broadcast).where(Broadcast.id == broadcast.id)
+                          .values(status=BroadcastStatus.cancelled, finished_at=now)
+                          .execution_options(synchronize_session=False))
+    return len(pending)
+
+
+@dataclass(frozen=True)
+class Progress:
+    total: int
+    queued: int
+    sent: int
+    failed: int
+    skipped: int
+    cancelled: int
+
+
+async def progress(session: AsyncSession, broadcast_id: int) -> Progress:
+    counts = dict((await session.execute(
+        select(BroadcastDelivery.status, func.count()).where(BroadcastDelivery.broadcast_id == broadcast_id)
+        .group_by(BroadcastDelivery.status))).all())
+    return Progress(total=sum(counts.values()), queued=counts.get("queued", 0), sent=counts.get("sent", 0),
+                    failed=counts.get("failed", 0), skipped=counts.get("skipped", 0),
+                    cancelled=counts.get("cancelled", 0))
+
+
+async def finish_if_done(session: AsyncSession, station: Station | None, broadcast_id: int, *,
+                         live: ConfigVersion | None = None, now: datetime | None = None) -> bool:
+    """Close a sending broadcast whose deliveries have all settled, and tell its sender (once)."""
+    live = live or (station.current if station else None)
+    now = now or (station.now() if station else None)
+    assert live is not None and now is not None
+    done = await progress(session, broadcast_id)
+    if done.queued:
+        return False
+    claimed = await session.execute(
+        update(Broadcast).where(Broadcast.id == broadcast_id, Broadcast.status == BroadcastStatus.sending)
+        .values(status=BroadcastStatus.done, finished_at=now).execution_options(synchronize_session=False))
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    broadcast = await session.get(Broadcast, broadcast_id)
+    if broadcast is not None and broadcast.creator_wechat_id:
+        text = say(live.config.texts.broadcast_done, {"id": broadcast_id, "sent": done.sent, "failed": done.failed,
+                                                      "skipped": done.skipped, "total": done.total})
+        enqueue(session, account=live.config.station.id, conversation_id=broadcast.creator_wechat_id, is_room=False,
+                text=text, now=now, kind="command_reply", priority=PRIORITY_NORMAL)
+    if station is not None:
+        station.outbox_ready.set()
+    return True
+
+
+async def list_broadcasts(session: AsyncSession, station_id: str | None, limit: int = 50
+                          ) -> list[tuple[Broadcast, Progress]]:
+    query = select(Broadcast).order_by(Broadcast.id.desc()).limit(limit)
+    if station_id:
+        query = query.where(Broadcast.station_id == station_id)
+    rows = (await session.scalars(query)).all()
+    return [(row, await progress(session, row.id)) for row in rows]
