@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.wechaty_compat import isolate_bot, load_wechaty
+from bot.wechaty_compat import isolate_bot, load_wechaty, register_secret
 from handlers.inbound import Inbound
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Connection:
         self.last_event_at: datetime | None = None  # wall clock of the last message event, for /healthz
 
     def _build(self) -> Any:
+        register_secret(self.token)
         wechaty = load_wechaty(self.cache_dir)
         from wechaty_puppet import PuppetOptions
 

@@ -98,10 +98,11 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
         async with station.db.session() as session, session.begin():
             if not await outbox.claim(session, chosen.id, now):
                 continue  # another process has it
-        await _send(station, transport, pacer, chosen)
+        await _send(station, transport, pacer, chosen, now)
 
 
-async def _send(station: Station, transport: Transport, pacer: Pacer, row: OutboxMessage) -> None:
+async def _send(station: Station, transport: Transport, pacer: Pacer, row: OutboxMessage, started: datetime) -> None:
+    """Send one claimed row. Pacing counts from ``started`` (the claim), so a slow send does not stretch it."""
     try:
         if row.broadcast_id is not None and row.is_room and not await transport.is_member(row.conversation_id):
             async with station.db.session() as session, session.begin():
@@ -121,8 +122,8 @@ async def _send(station: Station, transport: Transport, pacer: Pacer, row: Outbo
             if retry_at is None and row.broadcast_id is not None:
                 await finish_if_done(session, station, row.broadcast_id)
         return
+    pacer.sent(row, started)
     now = station.now()
-    pacer.sent(row, now)
     async with station.db.session() as session, session.begin():
         await outbox.mark_sent(session, row.id, now, message_id)
         if row.broadcast_id is not None:

@@ -51,14 +51,23 @@ def prepare(cache_dir: str | Path | None = None) -> None:
     _patched = True
 
 
-_TOKEN_IN_TEXT = re.compile(r"(token\s*[<\[(]?\s*)([^>\])\s,]+)", re.IGNORECASE)
+_secrets: set[str] = set()
+_TOKEN_IN_ANGLES = re.compile(r"(token[^<]{0,40}<)[^>]*(>)", re.IGNORECASE)
+
+
+def register_secret(secret: str) -> None:
+    """A value (a puppet token) that must never appear in python-wechaty's log lines."""
+    if secret:
+        _secrets.add(secret)
 
 
 def _redact_tokens(record: logging.LogRecord) -> bool:
     message = record.getMessage()
-    if "token" in message.lower():
-        record.msg = _TOKEN_IN_TEXT.sub(r"\1***", message)
-        record.args = ()
+    redacted = _TOKEN_IN_ANGLES.sub(r"\1***\2", message)
+    for secret in _secrets:
+        redacted = redacted.replace(secret, "***")
+    if redacted != message:
+        record.msg, record.args = redacted, ()
     return True
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bot.config.schema import Config, GroupConfig, OfficerConfig
 from handlers.routing import Router
@@ -21,28 +22,30 @@ def system_clock() -> datetime:
 
 
 class FileClock:
-    """A scripted clock for drills and end-to-end tests of a real process: the time is read from a file
-    holding an ISO 8601 timestamp with its offset (re-read when the file changes). Selected by the
-    GONGHAO_CLOCK_FILE environment variable; never set it in production."""
+    """A scripted clock for drills and end-to-end tests of a real process: the file holds an ISO 8601
+    timestamp with its offset; time then runs on from it at the normal rate until the file changes again.
+    Selected by the GONGHAO_CLOCK_FILE environment variable; never set it in production."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp: float | None = None
-        self._value = system_clock()
+        self._stamp: int | None = None
+        self._base = system_clock()
+        self._read_at = time.monotonic()
 
     def __call__(self) -> datetime:
         try:
             stamp = os.stat(self.path).st_mtime_ns
         except OSError:
-            return self._value
-        if stamp != self._stamp:
+            stamp = None
+        if stamp is not None and stamp != self._stamp:
             with open(self.path, encoding="utf-8") as handle:
                 text = handle.read().strip()
             if text:
                 parsed = datetime.fromisoformat(text)
-                self._value = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+                self._base = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+                self._read_at = time.monotonic()
                 self._stamp = stamp
-        return self._value
+        return self._base + timedelta(seconds=time.monotonic() - self._read_at)
 
 
 def clock_from_env() -> Clock:

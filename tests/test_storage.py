@@ -147,3 +147,32 @@ async def test_repeated_reports_join_one_open_incident(database: Database, clock
     clock.current += timedelta(minutes=31)  # past the default 30-minute window: a new incident
     third = resident_says("又冒烟了", "m3", clock)
     assert await pipeline.handle(station, third) == "incident:fire"
+
+
+async def test_interrupted_send_is_settled_by_its_echo_or_sent_again(database: Database, clock: FakeClock) -> None:
+    """A sender killed between sending and recording leaves rows `sending`; the puppet's echo of the bot's own
+    message proves it went out, otherwise it is queued again."""
+    from models import outbox as queue
+    from models.tables import OutboxMessage as Row
+
+    station = make_station(database, clock)
+    async with database.session() as session, session.begin():
+        echoed = queue.enqueue(session, account="huamu", conversation_id="jinxiu@chatroom", is_room=True,
+                               text="回复甲", now=clock(), kind="reply", mentions=["wxid_res_01"])
+        lost = queue.enqueue(session, account="huamu", conversation_id="jinxiu@chatroom", is_room=True,
+                             text="回复乙", now=clock(), kind="reply")
+    async with database.session() as session, session.begin():
+        assert await queue.claim(session, echoed.id, clock()) and await queue.claim(session, lost.id, clock())
+        assert not await queue.claim(session, lost.id, clock())  # a second sender cannot take it
+    # the echo of the first one comes back (with the @mention prefix the connection adds)
+    echo = resident_says("@张阿姨\u2005回复甲", "echo-1", clock, sender="wxid_gonghao_bot")
+    assert await pipeline.handle(station, Inbound(**{**echo.__dict__, "is_self": True})) == "self"
+    clock.current += timedelta(seconds=30)
+    async with database.session() as session, session.begin():
+        assert await queue.reconcile_stale(session, "huamu", clock()) == (0, 0)  # too early to call it dead
+    clock.current += timedelta(seconds=31)
+    async with database.session() as session, session.begin():
+        assert await queue.reconcile_stale(session, "huamu", clock()) == (1, 1)
+    async with database.session() as session:
+        states = {r.text: (r.status, r.sent_message_id) for r in (await session.scalars(select(Row))).all()}
+    assert states == {"回复甲": ("sent", "echo-1"), "回复乙": ("pending", None)}
