@@ -272,7 +272,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     code = 0
     try:
         await app.start()
-        await app.wait_logged_in()
+        await app.wait_logged_in(timeout=None)  # keeps trying an unreachable service; a refused token ends it
         print("公号已上线 / the bot is logged in and listening. Ctrl-C stops it.", flush=True)
         await app.run_until_stopped(stop)
     except ConfigError as exc:

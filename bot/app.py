@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import DBAPIError
+
 from bot.config.loader import ConfigError, ConfigIssue, load_config
 from bot.connection import Connection, ConnectionFailed
 from bot.scheduler import run_timers
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_IN_FLIGHT = 64
+DATABASE_RETRY_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class App:
             cache_dir=data_dir / ".wechaty",
             on_inbound=self._on_inbound,
         )
-        self._tasks.append(asyncio.create_task(self.connection.run(), name="connection"))
+        self._tasks.append(asyncio.create_task(self.connection.run_forever(), name="connection"))
         self._tasks.append(
             asyncio.create_task(run_sender(self.station, self.connection, self.connection.logged_in), name="sender")
         )
@@ -166,12 +169,30 @@ class App:
     async def _on_inbound(self, inbound: Inbound) -> None:
         assert self.station is not None
         async with self._in_flight:
-            outcome = await pipeline.handle(self.station, inbound)
+            outcome = await self._handle_with_retry(inbound)
         log.debug("message %s: %s", inbound.message_id, outcome)
         if self.handled is not None:
             self.handled.put_nowait((inbound, outcome))
 
-    async def wait_logged_in(self, timeout: float = 20) -> None:
+    async def _handle_with_retry(self, inbound: Inbound) -> str:
+        """The puppet service will not deliver a message again, so a database outage must not lose it: keep it
+        and retry with backoff (bounded in time; the in-flight limit bounds memory)."""
+        assert self.station is not None
+        delay, deadline = 0.5, asyncio.get_running_loop().time() + DATABASE_RETRY_SECONDS
+        while True:
+            try:
+                return await pipeline.handle(self.station, inbound)
+            except (DBAPIError, OSError, ConnectionError) as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    log.error("giving up on message %s after %s s of database errors: %s", inbound.message_id,
+                              DATABASE_RETRY_SECONDS, exc)
+                    raise
+                log.warning("database unavailable (%s); message %s kept, retrying in %.1f s",
+                            type(exc).__name__, inbound.message_id, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def wait_logged_in(self, timeout: float | None = 20) -> None:
         """Until the puppet service logged us in; raises the connection's error if it failed first."""
         assert self.connection is not None
         login = asyncio.ensure_future(self.connection.logged_in.wait())
@@ -182,9 +203,9 @@ class App:
             return
         login.cancel()
         if connection_task in done:
-            connection_task.result()  # raises ConnectionFailed
-            raise ConnectionFailed("the puppet service closed the connection before logging in")
-        raise TimeoutError(f"not logged in to the puppet service within {timeout} s")
+            connection_task.result()  # raises ConnectionFailed (a refused token)
+        raise TimeoutError(f"not logged in to the puppet service within {timeout} s "
+                           f"(still trying: {self.connection.state}, {self.connection.reconnects} reconnects)")
 
     async def run_until_stopped(self, stop: asyncio.Event) -> None:
         """Block until ``stop`` is set or the connection ends (which raises ConnectionFailed)."""
@@ -193,8 +214,7 @@ class App:
         done, _ = await asyncio.wait({waiter, connection_task}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if connection_task in done:
-            connection_task.result()
-            raise ConnectionFailed("the puppet service ended the event stream")
+            connection_task.result()  # only a refused token ends the supervisor
 
     async def stop(self) -> None:
         if self.connection is not None:

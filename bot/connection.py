@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,21 @@ AT_SEPARATOR = "\u2005"  # what WeChat puts after an @name
 
 
 class ConnectionFailed(RuntimeError):
-    pass
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused  # the service said no to our token: retrying will not help
+
+
+RECONNECT_FIRST_SECONDS = 1.0
+RECONNECT_CAP_SECONDS = 30.0
 
 
 InboundHandler = Callable[[Inbound], Awaitable[Any]]
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    status = getattr(getattr(exc, "status", None), "name", "")
+    return type(exc).__name__ == "GRPCError" and status in ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
 
 def redact(token: str) -> str:
@@ -59,6 +71,10 @@ class Connection:
         self._bot: Any = None
         self._stopping = False
         self.last_event_at: datetime | None = None  # wall clock of the last message event, for /healthz
+        self.logged_in_at: datetime | None = None
+        self.logins = 0
+        self.reconnects = 0
+        self.state = "idle"  # idle, connecting, connected, reconnecting, stopped
 
     def _build(self) -> Any:
         register_secret(self.token)
@@ -70,7 +86,11 @@ class Connection:
         class StationBot(wechaty.Wechaty):  # type: ignore[misc,name-defined]
             async def on_login(self, contact: Any) -> None:
                 connection.self_id = contact.contact_id
-                log.info("logged in as %s (%s)", contact.name, contact.contact_id)
+                connection.logins += 1
+                connection.logged_in_at = datetime.now(UTC)
+                connection.state = "connected"
+                log.info("logged in as %s (%s)%s", contact.name, contact.contact_id,
+                         f" (reconnect #{connection.reconnects})" if connection.reconnects else "")
                 connection.logged_in.set()
 
             async def on_message(self, msg: Any) -> None:
@@ -82,8 +102,41 @@ class Connection:
         )
         return StationBot(options)
 
+    async def run_forever(self) -> None:
+        """Stay connected: reconnect with exponential backoff and jitter (first try within ~1 s, capped at
+        ~30 s), forever, without restarting the process. Only a refused token before the first login is
+        fatal (a configuration error a person must fix)."""
+        attempt = 0
+        while not self._stopping:
+            connected_at: datetime | None = None
+            try:
+                await self.run()
+                reason = "the event stream ended"
+            except ConnectionFailed as exc:
+                if exc.refused and self.logins == 0:
+                    raise
+                reason = str(exc)
+            finally:
+                if self.logged_in.is_set():
+                    connected_at = self.logged_in_at
+                self.logged_in.clear()
+                await self._close_bot()
+            if self._stopping:
+                return
+            if connected_at is not None and datetime.now(UTC) - connected_at > timedelta(minutes=1):
+                attempt = 0  # it had been up for a while: start the backoff over
+            delay = min(RECONNECT_CAP_SECONDS, RECONNECT_FIRST_SECONDS * 2 ** attempt)
+            delay *= random.uniform(0.5, 1.0)
+            attempt += 1
+            self.reconnects += 1
+            self.state = "reconnecting"
+            log.warning("puppet service connection lost (%s); reconnecting in %.1f s (attempt %s)",
+                        reason, delay, attempt)
+            await asyncio.sleep(delay)
+
     async def run(self) -> None:
-        """Connect and listen until the event stream ends or :meth:`stop` is called."""
+        """Connect once and listen until the event stream ends or :meth:`stop` is called."""
+        self.state = "connecting"
         self._bot = bot = self._build()
         log.info("connecting to puppet service %s (token %s)", self.endpoint, redact(self.token))
         try:
@@ -95,11 +148,26 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # grpclib, OSError, wechaty-puppet errors all mean the same to us
-            raise ConnectionFailed(self._explain(exc)) from exc
+            raise ConnectionFailed(self._explain(exc), refused=_is_refusal(exc)) from exc
         if not self.logged_in.is_set():
             raise ConnectionFailed(
                 f"the puppet service at {self.endpoint} closed the connection before logging in"
             )
+
+    async def _close_bot(self) -> None:
+        bot, self._bot = self._bot, None
+        if bot is None:
+            return
+        try:
+            puppet = bot.puppet
+            puppet._event_stream.remove_all_listeners()
+            puppet._event_stream.on("error", self._listener_failed)
+            if getattr(puppet, "channel", None) is not None:
+                puppet.channel.close()
+                puppet.channel = None
+            puppet._puppet_stub = None
+        except Exception:  # closing a dead connection: nothing useful to do with an error here
+            log.debug("error while closing the puppet channel", exc_info=True)
 
     def _explain(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
@@ -124,19 +192,8 @@ class Connection:
 
     async def stop(self) -> None:
         self._stopping = True
-        bot, self._bot = self._bot, None
-        if bot is None:
-            return
-        try:
-            puppet = bot.puppet
-            puppet._event_stream.remove_all_listeners()
-            puppet._event_stream.on("error", self._listener_failed)
-            if getattr(puppet, "channel", None) is not None:
-                puppet.channel.close()
-                puppet.channel = None
-            puppet._puppet_stub = None
-        except Exception:  # shutting down: nothing useful to do with an error here
-            log.debug("error while closing the puppet channel", exc_info=True)
+        self.state = "stopped"
+        await self._close_bot()
 
     # -- inbound -----------------------------------------------------------------------------------
     async def _dispatch(self, msg: Any) -> None:

@@ -48,6 +48,8 @@ async def report(
         )
         return incident, False
     add_event(session, existing, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
+    if reply_to_group:  # a flood of reports of one thing gets a bounded number of replies
+        reply_to_group = not await _replied_recently(session, existing, now - live.config.intake.joined_reply_every)
     await session.execute(update(Incident).where(Incident.id == existing.id)
                           .values(report_count=Incident.report_count + 1).execution_options(synchronize_session=False))
     await session.refresh(existing)
@@ -60,6 +62,12 @@ async def report(
                 mentions=[inbound.sender_id])
         add_event(session, existing, "replied", now, None, reply)
     return existing, True
+
+
+async def _replied_recently(session: AsyncSession, incident: Incident, since: datetime) -> bool:
+    found = await session.scalars(select(IncidentEvent.id).where(
+        IncidentEvent.incident_id == incident.id, IncidentEvent.kind == "replied", IncidentEvent.at > since).limit(1))
+    return found.first() is not None
 
 
 _SEVERITY_ORDER = {"P1": 1, "P2": 2, "P3": 3}
@@ -157,6 +165,10 @@ async def open_incident(
             context["own_officer"] = {"name": own.name, "id": own.id}
             context["covering"] = "值班民警" if config.backfill_by_role else "、".join(o.name for o in cover.officers)
             reply = reply + "\n" + say(config.texts.backfill_note, context)
+        late = now - inbound.sent_at
+        if late > config.intake.late_after:  # after an outage: answer, but do not pretend it is fresh
+            context["minutes"] = int(late.total_seconds() // 60)
+            reply = reply + "\n" + say(config.texts.late_note, context)
         enqueue(session, account=config.station.id, conversation_id=inbound.room_id, is_room=True, text=reply,
                 now=now, kind="reply", priority=PRIORITY_URGENT, incident_id=incident.id,
                 mentions=[inbound.sender_id])

@@ -8,9 +8,10 @@ from another process sharing the database, changes nothing.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handlers.commands import handle_private
 from handlers.inbound import Inbound
 from handlers.incidents import report
-from handlers.runtime import Station
+from handlers.runtime import ConfigVersion, Station
 from models.outbox import text_hash
 from models.tables import EchoReceipt, InboundMessage
 
@@ -53,8 +54,27 @@ async def _store_once(session: AsyncSession, station: Station, inbound: Inbound,
     return await _insert_once(session, station, InboundMessage, values)
 
 
+async def _repeated_text(session: AsyncSession, live: ConfigVersion, inbound: Inbound) -> bool:
+    """The same sender saying the same text in the same group within the window, under another id.
+    (Private messages are exempt: an officer answers "收到" to one incident after another.)"""
+    window = live.config.intake.duplicate_window
+    if not window or not inbound.text or inbound.room_id is None:
+        return False
+    query = select(InboundMessage.id).where(
+        InboundMessage.account == inbound.account, InboundMessage.sender_id == inbound.sender_id,
+        InboundMessage.text == inbound.text, InboundMessage.message_id != inbound.message_id,
+        InboundMessage.sent_at >= inbound.sent_at - window, InboundMessage.sent_at <= inbound.sent_at + window,
+    )
+    query = query.where(InboundMessage.room_id == inbound.room_id)
+    return (await session.scalars(query.limit(1))).first() is not None
+
+
 async def handle(station: Station, inbound: Inbound) -> str:
     """Process one message; returns what happened (for logs and tests)."""
+    if "\x00" in inbound.text or "\x00" in inbound.sender_name:
+        # PostgreSQL text cannot hold NUL; it carries no meaning in chat anyway.
+        inbound = replace(inbound, text=inbound.text.replace("\x00", ""),
+                          sender_name=inbound.sender_name.replace("\x00", ""))
     if inbound.is_self:
         # Our own send coming back: the receipt that settles an outbox row if its sender died mid-send.
         conversation = inbound.room_id or inbound.to_id
@@ -68,6 +88,8 @@ async def handle(station: Station, inbound: Inbound) -> str:
     group = live.group_for(inbound.room_id, inbound.room_topic) if inbound.room_id else None
     now = station.now()
     async with station.db.session() as session, session.begin():
+        if await _repeated_text(session, live, inbound):
+            return "duplicate_text"
         row_id = await _store_once(session, station, inbound, group.id if group else None)
         if row_id is None:
             return "duplicate"

@@ -357,6 +357,19 @@ class OutboxConfig(Strict):
     group_per_day: int = Field(3000, ge=1, description="urgent replies to reports are exempt")
 
 
+class IntakeConfig(Strict):
+    """How inbound chat is filtered before routing."""
+
+    duplicate_window: Duration = Field(
+        timedelta(minutes=2), description="same sender, same room, same text within this: a duplicate (WeChat "
+        "sometimes delivers one message twice under new ids)")
+    late_after: Duration = Field(
+        timedelta(minutes=10), description="a message older than this when seen is answered as seen late")
+    joined_reply_every: Duration = Field(
+        timedelta(minutes=5), description="while an incident is open, at most one 'already reported' reply to "
+        "its group per this interval, however many residents report it")
+
+
 class BroadcastConfig(Strict):
     roles: list[Role] = Field(default_factory=lambda: [Role.antifraud, Role.supervisor],
                               description="who may send warnings")
@@ -383,6 +396,7 @@ class TextsConfig(Strict):
         "{% if i.by %}（{{ i.by }}）{% endif %} {{ i.time }}\n{% endfor %}"
         "详情回复“我的”，或在管理后台查看。"
     )
+    late_note: str = "（公号{{ minutes }}分钟后才看到这条消息，已立即转告民警。）"
     joined_reply: str = (
         "【{{ station.name }}】收到，这件事已有居民报告（#{{ incident.id }}），民警已接报在处理，"
         "请注意安全，有新情况请继续在群里说。"
@@ -506,6 +520,7 @@ class Config(Strict):
     web: WebConfig = Field(default_factory=WebConfig)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
     broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig)
 
     @field_validator("timezone")
