@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     oncall.add_argument("--at", help='local time, e.g. "2026-11-28 23:00" (default: now)')
     oncall.add_argument("--group", help="only this group id")
 
+    commands.add_parser("hash-password", help="prompt for an admin web password and print its hash for web.users")
+
     casts = commands.add_parser("broadcasts", parents=[common], help="list warnings with their progress; cancel one")
     casts.add_argument("--cancel", type=int, metavar="N", help="cancel broadcast N (what has not gone out yet)")
 
@@ -91,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_route(args)
     if command == "oncall":
         return cmd_oncall(args)
+    if command == "hash-password":
+        from bot.web.auth import main as hash_password_main
+
+        hash_password_main()
+        return 0
     if command == "broadcasts":
         return asyncio.run(cmd_broadcasts(args))
     return asyncio.run(cmd_run(args))
@@ -274,6 +281,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         await app.start()
         await app.wait_logged_in(timeout=None)  # keeps trying an unreachable service; a refused token ends it
         print("公号已上线 / the bot is logged in and listening. Ctrl-C stops it.", flush=True)
+        if app.web is not None:
+            print(f"管理后台 / admin web: {app.web.url}", flush=True)
         await app.run_until_stopped(stop)
     except ConfigError as exc:
         print(f"配置无效 / invalid config:\n{exc}", file=sys.stderr)

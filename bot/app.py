@@ -20,11 +20,13 @@ from bot.scheduler import run_timers
 from bot.sender import run_sender
 from handlers import pipeline
 from handlers.inbound import Inbound
+from handlers.metrics import Metrics
 from handlers.runtime import Clock, ConfigVersion, Station, system_clock
 from models.db import Database
 
 if TYPE_CHECKING:
     from bot.sandbox import Sandbox
+    from bot.web.server import AdminWeb
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class App:
         self._owns_sandbox = False
         self._in_flight = asyncio.Semaphore(MAX_MESSAGES_IN_FLIGHT)
         self.handled: asyncio.Queue[tuple[Inbound, str]] | None = None  # tests may set one to observe outcomes
+        self.metrics = Metrics()
+        self.web: AdminWeb | None = None
 
     async def start(self) -> None:
         """Load and validate the config (raises ConfigError), open the database, connect."""
@@ -85,7 +89,7 @@ class App:
         database = Database(self.database_url or config.database.url)
         log.info("config %s, database %s", self.config_path, database.safe_url)
         await database.create_schema()
-        self.station = Station(ConfigVersion.build(config, text), database, self.clock)
+        self.station = Station(ConfigVersion.build(config, text), database, self.clock, metrics=self.metrics)
         log.info("config version %s live (%s routes, %s keywords)", self.station.current.version,
                  sum(1 for _ in self.station.current.router.all_routes()), self.station.current.router.keyword_count)
 
@@ -115,6 +119,11 @@ class App:
         self._tasks.append(asyncio.create_task(run_timers(self.station, self.timers_wake), name="timers"))
         if self.watch:
             self._tasks.append(asyncio.create_task(self.watch_config(), name="config-watch"))
+        if config.web.enabled:
+            from bot.web import start_admin_web
+
+            self.web = await start_admin_web(self, config.web.host, config.web.port)
+            log.info("admin web on %s", self.web.url)
 
     def reload(self) -> list[ConfigIssue]:
         """Validate the config file again and swap it in between messages; on errors keep the running one.
@@ -129,23 +138,28 @@ class App:
         except OSError as exc:
             issue = ConfigIssue(str(self.config_path), None, "", f"cannot read the file: {exc}")
             log.error("config reload rejected, keeping version %s: %s", self.station.current.version, issue)
+            self.metrics.config_reload("failed")
             return [issue]
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("config reload rejected, keeping version %s: %s", self.station.current.version, issue)
+            self.metrics.config_reload("failed")
             return exc.issues
         running = self.station.current
         candidate = ConfigVersion.build(config, text)
         if candidate.version == running.version:
+            self.metrics.config_reload("unchanged")
             return []
         issues = []
         if config.station.id != running.config.station.id or config.database != running.config.database:
             issues.append(ConfigIssue(str(self.config_path), None, "station.id/database",
                                       "changing the station id or the database needs a restart"))
             log.error("config reload rejected, keeping version %s: %s", running.version, issues[0])
+            self.metrics.config_reload("failed")
             return issues
         self.station.current = candidate  # one assignment: each message sees one version whole
         log.info("config version %s live (was %s)", candidate.version, running.version)
+        self.metrics.config_reload("ok")
         self.reloaded.set()
         return []
 
@@ -168,8 +182,10 @@ class App:
 
     async def _on_inbound(self, inbound: Inbound) -> None:
         assert self.station is not None
+        self.metrics.message_in(private=inbound.is_private)
         async with self._in_flight:
             outcome = await self._handle_with_retry(inbound)
+        self.metrics.message_handled(outcome)
         log.debug("message %s: %s", inbound.message_id, outcome)
         if self.handled is not None:
             self.handled.put_nowait((inbound, outcome))
@@ -217,6 +233,9 @@ class App:
             connection_task.result()  # only a refused token ends the supervisor
 
     async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
+            self.web = None
         if self.connection is not None:
             await self.connection.stop()
         for task in self._tasks:

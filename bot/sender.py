@@ -109,6 +109,7 @@ async def _send(station: Station, transport: Transport, pacer: Pacer, row: Outbo
                 await outbox.mark_attempt_failed(session, row.id, "the bot is no longer in this group", None,
                                                  skipped=True)
                 await finish_if_done(session, station, row.broadcast_id)
+            station.metrics.send_failed(row.kind, final=True)
             return
         message_id = await transport.send(row.conversation_id, row.text, is_room=row.is_room,
                                           mentions=list(row.mentions or []))
@@ -121,6 +122,7 @@ async def _send(station: Station, transport: Transport, pacer: Pacer, row: Outbo
             await outbox.mark_attempt_failed(session, row.id, f"{type(exc).__name__}: {exc}", retry_at)
             if retry_at is None and row.broadcast_id is not None:
                 await finish_if_done(session, station, row.broadcast_id)
+        station.metrics.send_failed(row.kind, final=retry_at is None)
         return
     pacer.sent(row, started)
     now = station.now()
@@ -128,6 +130,7 @@ async def _send(station: Station, transport: Transport, pacer: Pacer, row: Outbo
         await outbox.mark_sent(session, row.id, now, message_id)
         if row.broadcast_id is not None:
             await finish_if_done(session, station, row.broadcast_id)
+    station.metrics.sent(row.kind)
 
 
 async def run_sender(station: Station, transport: Transport, ready: asyncio.Event) -> None:

@@ -87,6 +87,7 @@ async def handle(station: Station, inbound: Inbound) -> str:
     live = station.current  # one config version for the whole message, even if a reload lands meanwhile
     group = live.group_for(inbound.room_id, inbound.room_topic) if inbound.room_id else None
     now = station.now()
+    opened: list[tuple[str, int]] = []
     async with station.db.session() as session, session.begin():
         if await _repeated_text(session, live, inbound):
             return "duplicate_text"
@@ -110,9 +111,13 @@ async def handle(station: Station, inbound: Inbound) -> str:
                     log.info("incident #%s %s %s (%s) in %s", incident.id, "joined" if joined else "opened",
                              match.route.id, match.route.severity, incident.group_name)
                     results.append(("joined:" if joined else "") + match.route.id)
+                    if not joined:
+                        opened.append((incident.category, len(incident.assigned_officers or [])))
                 outcome = "incident:" + ",".join(results)
         await session.execute(
             update(InboundMessage).where(InboundMessage.id == row_id).values(outcome=outcome[:64])
         )
     station.outbox_ready.set()
+    for category, pings in opened:
+        station.metrics.incident_opened(category, pings)
     return outcome

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.config.schema import Config, GroupConfig, OfficerConfig
 from handlers.routing import Router
+from handlers.metrics import Metrics
 from models.db import Database
 
 Clock = Callable[[], datetime]
@@ -92,6 +93,7 @@ class Station:
     db: Database
     clock: Clock = system_clock
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: Metrics = field(default_factory=Metrics)  # one registry per station: tests run several
 
     @property
     def id(self) -> str:

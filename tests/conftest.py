@@ -98,6 +98,7 @@ def write_config(directory: Path, text_yaml: str, database_url: str | None = Non
     import yaml
 
     data = yaml.safe_load(text_yaml)
+    data.setdefault("web", {})["port"] = 0  # any free port: tests run many apps
     if not paced:
         data.setdefault("outbox", {}).update(group_interval="0s", group_jitter="0s", private_interval="0s",
                                              group_per_minute=100000)

@@ -1,0 +1,143 @@
+"""Prometheus metrics of one station process.
+
+Each :class:`Metrics` has its own ``CollectorRegistry``, so that several apps in one process (the tests
+start many) never share or clash over counters. Counters are bumped where things happen (after the
+transaction that decided them commits); the two gauges that describe the present (outbox depth, puppet
+connection) are computed when ``/metrics`` is scraped, by :meth:`Metrics.refresh`.
+
+Label values are always from small fixed sets (outcome kinds, categories from the config, message kinds),
+never free text, ids or names.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
+from sqlalchemy import func, select
+
+from models.tables import OutboxMessage, OutboxStatus
+
+if TYPE_CHECKING:
+    from handlers.runtime import Station
+
+__all__ = ["CONTENT_TYPE", "Metrics", "outcome_kind"]
+
+# No "<name>_created" series beside every counter: they double the output and nobody here reads them.
+disable_created_metrics()
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # the text exposition format, "text/plain; version=…; charset=utf-8"
+
+_RELOAD_RESULTS = ("ok", "failed", "unchanged")
+_OUTCOME_WORD = re.compile(r"[a-z][a-z_]{0,39}")
+
+
+def outcome_kind(outcome: str) -> str:
+    """A pipeline outcome as a label value: ``"incident:fire,joined:scam"`` → ``"incident"``, all-joined →
+    ``"incident_joined"``; the code's own words (``quiet``, ``duplicate``, ``ack_acknowledged``,
+    ``resolve_resolved``…) as they are; anything else → ``"other"``, so that no id or text ever becomes a
+    label."""
+    if outcome.startswith("incident:"):
+        parts = outcome.removeprefix("incident:").split(",")
+        return "incident_joined" if all(p.startswith("joined:") for p in parts) else "incident"
+    return outcome if _OUTCOME_WORD.fullmatch(outcome) else "other"
+
+
+class Metrics:
+    """The counters and gauges of one App, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages_in = Counter(
+            "gonghao_messages_in", "Messages received from the puppet service (before dedup)",
+            ["conversation"], registry=r)
+        self.messages_handled = Counter(
+            "gonghao_messages_handled", "Messages handled by the pipeline, by outcome", ["outcome"],
+            registry=r)
+        self.incidents_opened = Counter(
+            "gonghao_incidents_opened", "Incidents opened (not reports joining an open one), by category",
+            ["category"], registry=r)
+        self.pings_queued = Counter(
+            "gonghao_pings_queued", "Private pings to officers written to the outbox", registry=r)
+        self.acknowledgements = Counter(
+            "gonghao_acknowledgements", "Incidents acknowledged by an officer", registry=r)
+        self.outbox_sent = Counter(
+            "gonghao_outbox_sent", "Outbox messages delivered to the puppet service, by kind", ["kind"],
+            registry=r)
+        self.outbox_failed = Counter(
+            "gonghao_outbox_failed",
+            "Failed delivery attempts, by kind; final=true when the row was given up (no more retries)",
+            ["kind", "final"], registry=r)
+        self.outbox_pending = Gauge(
+            "gonghao_outbox_pending", "Outbox rows waiting to be sent (computed at scrape)", registry=r)
+        self.config_reloads = Counter(
+            "gonghao_config_reloads", "Config reloads by result: ok (new version live), failed (rejected, "
+            "the running version stays), unchanged", ["result"], registry=r)
+        self.puppet_connected = Gauge(
+            "gonghao_puppet_connected", "1 while logged in to the puppet service (computed at scrape)",
+            registry=r)
+        self.config_version = Gauge(
+            "gonghao_config_version_info", "The live config version (label), always 1", ["version"],
+            registry=r)
+        # Series that exist from the start at 0, so that rate() and alerts see them before the first event.
+        for conversation in ("group", "private"):
+            self.messages_in.labels(conversation)
+        for result in _RELOAD_RESULTS:
+            self.config_reloads.labels(result)
+
+    # -- events (call after the deciding transaction committed) --------------------------------------
+    def message_in(self, *, private: bool) -> None:
+        self.messages_in.labels("private" if private else "group").inc()
+
+    def message_handled(self, outcome: str) -> None:
+        """Count one pipeline outcome; an ``ack_acknowledged`` outcome is also an acknowledgement."""
+        kind = outcome_kind(outcome)
+        self.messages_handled.labels(kind).inc()
+        if kind == "ack_acknowledged":
+            self.acknowledgements.inc()
+
+    def incident_opened(self, category: str, pings: int) -> None:
+        self.incidents_opened.labels(category).inc()
+        if pings:
+            self.pings_queued.inc(pings)
+
+    def acknowledged(self) -> None:
+        """For acknowledgements that do not come through :meth:`message_handled` (none yet)."""
+        self.acknowledgements.inc()
+
+    def sent(self, kind: str) -> None:
+        self.outbox_sent.labels(kind).inc()
+
+    def send_failed(self, kind: str, *, final: bool) -> None:
+        self.outbox_failed.labels(kind, "true" if final else "false").inc()
+
+    def config_reload(self, result: str) -> None:
+        if result not in _RELOAD_RESULTS:
+            raise ValueError(f"reload result must be one of {_RELOAD_RESULTS}, got {result!r}")
+        self.config_reloads.labels(result).inc()
+
+    # -- scrape --------------------------------------------------------------------------------------
+    async def refresh(self, station: Station, *, puppet_connected: bool) -> None:
+        """Set the gauges that describe the present: outbox depth (one COUNT), connection, config version."""
+        async with station.db.session() as session:
+            pending = await session.scalar(
+                select(func.count()).select_from(OutboxMessage).where(
+                    OutboxMessage.account == station.id, OutboxMessage.status == OutboxStatus.pending)
+            )
+        self.outbox_pending.set(pending or 0)
+        self.puppet_connected.set(1 if puppet_connected else 0)
+        self.config_version.clear()
+        self.config_version.labels(station.current.version).set(1)
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
