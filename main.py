@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     oncall.add_argument("--at", help='local time, e.g. "2026-11-28 23:00" (default: now)')
     oncall.add_argument("--group", help="only this group id")
 
+    database = commands.add_parser("db", parents=[common], help="database schema: upgrade to the newest revision")
+    database.add_argument("action", choices=["upgrade", "status"])
+
     commands.add_parser("hash-password", help="prompt for an admin web password and print its hash for web.users")
 
     casts = commands.add_parser("broadcasts", parents=[common], help="list warnings with their progress; cancel one")
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_route(args)
     if command == "oncall":
         return cmd_oncall(args)
+    if command == "db":
+        return asyncio.run(cmd_db(args))
     if command == "hash-password":
         from bot.web.auth import main as hash_password_main
 
@@ -188,6 +193,28 @@ def cmd_oncall(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_db(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 2
+    from models.db import Database
+    from models.migrate import current_revision, head_revision, upgrade
+
+    database = Database(config.database.url)
+    try:
+        before, _ = await current_revision(database)
+        if args.action == "upgrade":
+            await upgrade(database)
+            after, _ = await current_revision(database)
+            print(f"{database.safe_url}: {before or '(empty)'} -> {after}")
+        else:
+            state = "current" if before == head_revision() else f"behind (code needs {head_revision()})"
+            print(f"{database.safe_url}: revision {before or '(none)'}: {state}")
+        return 0
+    finally:
+        await database.close()
+
+
 async def cmd_broadcasts(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
@@ -198,9 +225,11 @@ async def cmd_broadcasts(args: argparse.Namespace) -> int:
     from models.db import Database
     from models.tables import Broadcast
 
+    from models.migrate import ensure_current
+
     database = Database(config.database.url)
     try:
-        await database.create_schema()
+        await ensure_current(database)
         if args.cancel is not None:
             async with database.session() as session, session.begin():
                 target = await session.get(Broadcast, args.cancel)
@@ -247,6 +276,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import App, puppet_from_env
     from bot.config.loader import ConfigError
     from bot.connection import ConnectionFailed
+    from models.migrate import SchemaOutdated
 
     if _load_or_report(args.config) is None:
         return 2
@@ -286,6 +316,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
         await app.run_until_stopped(stop)
     except ConfigError as exc:
         print(f"配置无效 / invalid config:\n{exc}", file=sys.stderr)
+        code = 2
+    except SchemaOutdated as exc:
+        print(f"error: {exc}", file=sys.stderr)
         code = 2
     except (ConnectionFailed, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)

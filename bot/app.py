@@ -23,6 +23,7 @@ from handlers.inbound import Inbound
 from handlers.metrics import Metrics
 from handlers.runtime import Clock, ConfigVersion, Station, system_clock
 from models.db import Database
+from models.migrate import SchemaOutdated, ensure_current, head_revision
 
 if TYPE_CHECKING:
     from bot.sandbox import Sandbox
@@ -88,7 +89,13 @@ class App:
         config = load_config(self.config_path)
         database = Database(self.database_url or config.database.url)
         log.info("config %s, database %s", self.config_path, database.safe_url)
-        await database.create_schema()
+        try:
+            schema = await ensure_current(database)
+        except SchemaOutdated:
+            await database.close()
+            raise
+        if schema == "created":
+            log.info("created the database schema (revision %s)", head_revision())
         self.station = Station(ConfigVersion.build(config, text), database, self.clock, metrics=self.metrics)
         log.info("config version %s live (%s routes, %s keywords)", self.station.current.version,
                  sum(1 for _ in self.station.current.router.all_routes()), self.station.current.router.keyword_count)

@@ -38,6 +38,10 @@ class Database:
         return self.sessions()
 
     async def create_schema(self) -> None:
+        """Every table at once, without migrations: for tests of handlers on a scratch database. Running
+        installations use ``models.migrate`` (``main.py db upgrade``)."""
+        import models.all_tables  # noqa: F401
+
         async with self.engine.begin() as connection:
             await connection.run_sync(Base.metadata.create_all)
 
