@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--station", help="with a district file: run only this station (one process per station)")
     parser.add_argument("--sandbox-host", default="127.0.0.1", help="sandbox bind address (default: %(default)s)")
     parser.add_argument("--sandbox-web-port", type=int, default=8700,
                         help="sandbox web chat port (default: %(default)s; 0 = any free port)")
@@ -272,12 +273,73 @@ def _route_test(config: Any, router: Any, path: Path) -> int:
     return 1 if failed else 0
 
 
+async def cmd_run_district(args: argparse.Namespace) -> int:
+    """Several stations from a district file: every one in this process, or only --station."""
+    from bot.app import App, puppet_for
+    from bot.config.district import load_district
+    from bot.config.loader import ConfigError
+    from bot.connection import ConnectionFailed
+    from handlers.runtime import ConfigVersion, clock_from_env
+
+    try:
+        district = load_district(args.config)
+    except ConfigError as exc:
+        print(f"配置无效 / invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    versions = {config.station.id: ConfigVersion.build(config) for _, config in district.stations}
+    chosen = [(path, config) for path, config in district.stations
+              if args.station is None or config.station.id == args.station]
+    if not chosen:
+        print(f"error: no station {args.station!r} in {args.config}; stations: "
+              f"{', '.join(district.station_ids())}", file=sys.stderr)
+        return 2
+    apps = []
+    try:
+        for path, config in chosen:
+            if config.puppet is None:
+                print(f"error: {path}: a station run from a district file needs a `puppet:` section", file=sys.stderr)
+                return 2
+            peers = {sid: v for sid, v in versions.items() if sid != config.station.id}
+            apps.append(App(path, puppet=puppet_for(config), database_url=district.spec.database.url,
+                            clock=clock_from_env(), peers=peers))
+    except ConnectionFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: [app.reload() for app in apps])
+    code = 0
+    try:
+        for app in apps:
+            await app.start()
+        await asyncio.gather(*(app.wait_logged_in(timeout=None) for app in apps))
+        print(f"公号已上线 / {len(apps)} station(s) logged in: "
+              f"{', '.join(app.station.id for app in apps if app.station)}", flush=True)
+        await asyncio.gather(*(app.run_until_stopped(stop) for app in apps))
+    except (ConnectionFailed, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        for app in apps:
+            await app.stop()
+    print("已停止 / stopped.", flush=True)
+    return code
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import App, puppet_from_env
+    from bot.config.district import is_district_file
     from bot.config.loader import ConfigError
     from bot.connection import ConnectionFailed
     from models.migrate import SchemaOutdated
 
+    if is_district_file(Path(args.config)):
+        return await cmd_run_district(args)
+    if args.station:
+        print("error: --station goes with a district file (one listing `stations:`)", file=sys.stderr)
+        return 2
     if _load_or_report(args.config) is None:
         return 2
     try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.exc import DBAPIError
 
 from bot.config.loader import ConfigError, ConfigIssue, load_config
+from bot.config.schema import Config
 from bot.connection import Connection, ConnectionFailed
 from bot.scheduler import run_timers
 from bot.sender import run_sender
@@ -41,6 +42,16 @@ class PuppetTarget:
     endpoint: str
 
 
+def puppet_for(config: Config) -> PuppetTarget:
+    """A station's own account from its `puppet` section (district mode)."""
+    assert config.puppet is not None
+    token = os.environ.get(config.puppet.token_env)
+    if not token:
+        raise ConnectionFailed(f"station {config.station.id}: environment variable {config.puppet.token_env} "
+                               "(its puppet token) is not set")
+    return PuppetTarget(token, config.puppet.endpoint)
+
+
 def puppet_from_env() -> PuppetTarget | None:
     token = os.environ.get("WECHATY_PUPPET_SERVICE_TOKEN")
     if not token:
@@ -64,6 +75,7 @@ class App:
         clock: Clock = system_clock,
         database_url: str | None = None,
         watch: bool = True,
+        peers: dict[str, ConfigVersion] | None = None,
     ) -> None:
         self.config_path = Path(config_path)
         self.puppet = puppet
@@ -71,6 +83,7 @@ class App:
         self.clock = clock
         self.database_url = database_url
         self.watch = watch
+        self.peers = peers or {}  # the district's other stations, for district-wide warnings
         self.reloaded = asyncio.Event()  # set whenever a new config version goes live
         self.watching = asyncio.Event()  # set once the config file watcher is running
         self.timers_wake = asyncio.Event()  # set to check due timers now (tests moving a fake clock)
@@ -96,7 +109,8 @@ class App:
             raise
         if schema == "created":
             log.info("created the database schema (revision %s)", head_revision())
-        self.station = Station(ConfigVersion.build(config, text), database, self.clock, metrics=self.metrics)
+        self.station = Station(ConfigVersion.build(config, text), database, self.clock, metrics=self.metrics,
+                               peers=self.peers)
         log.info("config version %s live (%s routes, %s keywords)", self.station.current.version,
                  sum(1 for _ in self.station.current.router.all_routes()), self.station.current.router.keyword_count)
 

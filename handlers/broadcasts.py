@@ -22,6 +22,7 @@ from models.outbox import PRIORITY_BULK, PRIORITY_NORMAL, enqueue
 from models.tables import Broadcast, BroadcastDelivery, BroadcastStatus, Incident, OutboxMessage, OutboxStatus
 
 _ALL = {"", "全部", "所有", "全部群", "所有群", "all"}
+DISTRICT = "全区"
 _SCOPE = re.compile(r"^[\[【(（](?P<scope>[^\]】)）]*)[\]】)）]\s*(?P<text>.*)$", re.S)
 
 
@@ -30,7 +31,9 @@ def may_broadcast(config: Config, officer: OfficerConfig) -> bool:
 
 
 def split_scope(words: str) -> tuple[str, str]:
-    """"【锦绣,联洋】文本" -> ("锦绣,联洋", "文本"); without brackets the scope is every group."""
+    """"【锦绣,联洋】文本" -> ("锦绣,联洋", "文本"); "全区 文本" -> ("全区", "文本"); otherwise every group."""
+    if words.strip().startswith(DISTRICT):
+        return DISTRICT, words.strip()[len(DISTRICT):].strip()
     found = _SCOPE.match(words.strip())
     if found:
         return found.group("scope").strip(), found.group("text").strip()
@@ -56,20 +59,42 @@ def _group_names(config: Config, group_ids: list[str]) -> str:
     return "、".join(names[:10]) + (f" 等{len(names)}个群" if len(names) > 10 else "")
 
 
+def may_broadcast_district(config: Config, officer: OfficerConfig) -> bool:
+    return officer.role in config.broadcast.district_roles
+
+
+def targets(live: ConfigVersion, broadcast: Broadcast, peers: dict[str, ConfigVersion]) -> list[tuple[str, GroupConfig]]:
+    """(sending station, group) for every copy: the own station's groups in scope, and for a district-wide
+    warning every group of every other station, sent through that station's own account."""
+    chosen = [(live.config.station.id, g) for g in live.config.groups if g.id in broadcast.scope]
+    if broadcast.district:
+        for station_id, peer in sorted(peers.items()):
+            if station_id != live.config.station.id:
+                chosen.extend((station_id, g) for g in peer.config.groups if g.room_id or g.topic)
+    return chosen
+
+
 async def create_draft(session: AsyncSession, live: ConfigVersion, created_by: str, creator_wechat_id: str | None,
                        text: str, groups: list[GroupConfig], now: datetime,
-                       source_incident_id: int | None = None) -> Broadcast:
+                       source_incident_id: int | None = None, district: bool = False) -> Broadcast:
     broadcast = Broadcast(station_id=live.config.station.id, created_by=created_by,
                           creator_wechat_id=creator_wechat_id, text=text, scope=[g.id for g in groups],
-                          source_incident_id=source_incident_id, status=BroadcastStatus.draft, created_at=now)
+                          source_incident_id=source_incident_id, status=BroadcastStatus.draft, created_at=now,
+                          district=district)
     session.add(broadcast)
     await session.flush()
     return broadcast
 
 
-def preview_text(config: Config, broadcast: Broadcast) -> str:
+def preview_text(live: ConfigVersion, broadcast: Broadcast, peers: dict[str, ConfigVersion]) -> str:
+    config = live.config
+    copies = targets(live, broadcast, peers)
+    stations = sorted({station for station, _ in copies})
+    names = _group_names(config, broadcast.scope)
+    if broadcast.district:
+        names = f"全区{len(stations)}个派出所的所有群"
     return say(config.texts.broadcast_preview, {
-        "id": broadcast.id, "count": len(broadcast.scope), "groups": _group_names(config, broadcast.scope),
+        "id": broadcast.id, "count": len(copies), "groups": names,
         "text": group_text(config, broadcast), "station": {"name": config.station.name}})
 
 
@@ -90,7 +115,8 @@ async def latest_draft(session: AsyncSession, live: ConfigVersion, created_by: s
         .order_by(Broadcast.id.desc()).limit(1))).first()
 
 
-async def confirm(session: AsyncSession, live: ConfigVersion, broadcast: Broadcast, now: datetime) -> int:
+async def confirm(session: AsyncSession, live: ConfigVersion, broadcast: Broadcast, now: datetime,
+                  peers: dict[str, ConfigVersion] | None = None) -> int:
     """Queue one delivery per group; returns how many. Conditional on the draft still being a draft."""
     config = live.config
     claimed = await session.execute(
@@ -100,15 +126,13 @@ async def confirm(session: AsyncSession, live: ConfigVersion, broadcast: Broadca
         return 0
     text = group_text(config, broadcast)
     count = 0
-    for group in config.groups:
-        if group.id not in broadcast.scope:
-            continue
+    for station_id, group in targets(live, broadcast, peers or {}):
         room_id = group.room_id or group.topic or ""
-        row = enqueue(session, account=config.station.id, conversation_id=room_id, is_room=True, text=text, now=now,
+        row = enqueue(session, account=station_id, conversation_id=room_id, is_room=True, text=text, now=now,
                       kind="broadcast", priority=PRIORITY_BULK, broadcast_id=broadcast.id)
         await session.flush()
-        session.add(BroadcastDelivery(broadcast_id=broadcast.id, group_id=group.id, room_id=room_id,
-                                      outbox_id=row.id, status="queued"))
+        session.add(BroadcastDelivery(broadcast_id=broadcast.id, station_id=station_id, group_id=group.id,
+                                      room_id=room_id, outbox_id=row.id, status="queued"))
         count += 1
     if count == 0:
         await finish_if_done(session, None, broadcast.id, live=live, now=now)
@@ -177,7 +201,8 @@ async def finish_if_done(session: AsyncSession, station: Station | None, broadca
     if broadcast is not None and broadcast.creator_wechat_id:
         text = say(live.config.texts.broadcast_done, {"id": broadcast_id, "sent": done.sent, "failed": done.failed,
                                                       "skipped": done.skipped, "total": done.total})
-        enqueue(session, account=live.config.station.id, conversation_id=broadcast.creator_wechat_id, is_room=False,
+        # through the sender's own station account, whichever station's delivery happened to settle last
+        enqueue(session, account=broadcast.station_id, conversation_id=broadcast.creator_wechat_id, is_room=False,
                 text=text, now=now, kind="command_reply", priority=PRIORITY_NORMAL)
     if station is not None:
         station.outbox_ready.set()

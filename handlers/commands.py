@@ -79,7 +79,8 @@ def find_officer(config: Config, words: str) -> OfficerConfig | None:
     return matches[0] if len(matches) == 1 else None
 
 
-async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: Inbound, now: datetime) -> str:
+async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: Inbound, now: datetime,
+                         peers: dict[str, ConfigVersion] | None = None) -> str:
     """Handle one private message; returns the outcome recorded on the stored message."""
     config = live.config
     station = config.station.id
@@ -94,6 +95,7 @@ async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: In
         return "refused_not_officer"
 
     command = parse_command(inbound.text)
+    peers = peers or {}
     if command.name == "ack":
         return await _ack(session, live, officer, command, now, answer)
     if command.name == "resolve":
@@ -101,7 +103,7 @@ async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: In
     if command.name == "transfer":
         return await _transfer(session, live, officer, command, now, answer)
     if command.name in ("warn", "warn_draft", "confirm", "cancel"):
-        return await _broadcast_command(session, live, officer, command, now, answer)
+        return await _broadcast_command(session, live, officer, command, now, answer, peers)
     if command.name == "duty":
         answer(_duty_text(config, now))
         return "duty"
@@ -193,7 +195,7 @@ async def _transfer(session: AsyncSession, live: ConfigVersion, officer: Officer
 
 
 async def _broadcast_command(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, command: Command,
-                             now: datetime, answer: Reply) -> str:
+                             now: datetime, answer: Reply, peers: dict[str, ConfigVersion]) -> str:
     config = live.config
     if not broadcasts.may_broadcast(config, officer):
         answer(config.texts.broadcast_refused)
@@ -203,7 +205,7 @@ async def _broadcast_command(session: AsyncSession, live: ConfigVersion, officer
         if draft is None:
             answer(config.texts.broadcast_no_draft)
             return "broadcast_no_draft"
-        count = await broadcasts.confirm(session, live, draft, now)
+        count = await broadcasts.confirm(session, live, draft, now, peers)
         answer(say(config.texts.broadcast_started, {"id": draft.id, "count": count}))
         return "broadcast_confirmed"
     if command.name == "cancel":
@@ -215,6 +217,7 @@ async def _broadcast_command(session: AsyncSession, live: ConfigVersion, officer
         stopped = await broadcasts.cancel(session, live, target, now)
         answer(say(config.texts.broadcast_cancelled, {"id": target.id, "stopped": stopped}))
         return "broadcast_cancelled"
+    district = False
     if command.name == "warn_draft":
         incident = await session.get(Incident, command.number)
         if incident is None or incident.station_id != config.station.id:
@@ -224,7 +227,11 @@ async def _broadcast_command(session: AsyncSession, live: ConfigVersion, officer
         source = incident.id
     else:
         scope, text = broadcasts.split_scope(command.rest)
-        groups, unknown = broadcasts.resolve_scope(config, scope)
+        district = scope == broadcasts.DISTRICT
+        if district and not broadcasts.may_broadcast_district(config, officer):
+            answer(config.texts.broadcast_refused)
+            return "broadcast_refused"
+        groups, unknown = broadcasts.resolve_scope(config, "" if district else scope)
         if unknown:
             answer(say(config.texts.broadcast_unknown_groups, {"words": "、".join(unknown)}))
             return "broadcast_unknown_groups"
@@ -232,8 +239,9 @@ async def _broadcast_command(session: AsyncSession, live: ConfigVersion, officer
             answer(config.texts.broadcast_empty)
             return "broadcast_empty"
         source = None
-    draft = await broadcasts.create_draft(session, live, officer.id, officer.wechat_id, text, groups, now, source)
-    answer(broadcasts.preview_text(config, draft))
+    draft = await broadcasts.create_draft(session, live, officer.id, officer.wechat_id, text, groups, now, source,
+                                          district=command.name == "warn" and district)
+    answer(broadcasts.preview_text(live, draft, peers))
     return "broadcast_draft"
 
 

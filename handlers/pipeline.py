@@ -95,7 +95,7 @@ async def handle(station: Station, inbound: Inbound) -> str:
         if row_id is None:
             return "duplicate"
         if inbound.is_private:
-            outcome = await handle_private(session, live, inbound, now)
+            outcome = await handle_private(session, live, inbound, now, station.peers)
         elif inbound.kind != "text" or not inbound.text.strip():
             outcome = "not_text"
         else:

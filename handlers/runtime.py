@@ -94,6 +94,8 @@ class Station:
     clock: Clock = system_clock
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: Metrics = field(default_factory=Metrics)  # one registry per station: tests run several
+    # The other stations of the district (when run from a district file), for district-wide warnings.
+    peers: dict[str, ConfigVersion] = field(default_factory=dict)
 
     @property
     def id(self) -> str:

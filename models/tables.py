@@ -191,6 +191,7 @@ class Broadcast(Base):
     text: Mapped[str] = mapped_column(Text)
     scope: Mapped[list[str]] = mapped_column(JSON, default=list)  # group ids
     source_incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"))
+    district: Mapped[bool] = mapped_column(default=False)  # every station's groups, each through its own account
     status: Mapped[str] = mapped_column(String(16), default=BroadcastStatus.draft)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -205,10 +206,11 @@ class BroadcastDelivery(Base):
     """One group's copy of a broadcast: at most one per group, ever."""
 
     __tablename__ = "broadcast_deliveries"
-    __table_args__ = (UniqueConstraint("broadcast_id", "group_id"),)
+    __table_args__ = (UniqueConstraint("broadcast_id", "station_id", "group_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     broadcast_id: Mapped[int] = mapped_column(ForeignKey("broadcasts.id", ondelete="CASCADE"), index=True)
+    station_id: Mapped[str] = mapped_column(String(64))  # whose account sends this copy
     group_id: Mapped[str] = mapped_column(String(64))
     room_id: Mapped[str] = mapped_column(String(128))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"), index=True)

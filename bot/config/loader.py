@@ -71,7 +71,7 @@ def parse_config(text: str, filename: str = "config.yaml") -> Config:
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(filename, 1, "", "expected a mapping of settings at the top level")])
 
-    locate = _Locator(root, filename)
+    locate = YamlLocator(root, filename)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -97,7 +97,7 @@ def _template_errors(config: Config) -> list[tuple[FieldPath, str]]:
     return errors
 
 
-class _Locator:
+class YamlLocator:
     """Maps a field path to the YAML node it came from, to report line numbers."""
 
     def __init__(self, root: yaml.Node, filename: str) -> None:

@@ -59,6 +59,15 @@ class StationConfig(Strict):
     name: str = Field(min_length=1)
 
 
+class PuppetConfig(Strict):
+    """This station's own bot account: a Wechaty puppet service. The token stays out of the file: it is read
+    from the environment variable named here. Without a `puppet` section the process-wide
+    WECHATY_PUPPET_SERVICE_TOKEN / _ENDPOINT are used (or, with no token, the built-in sandbox)."""
+
+    endpoint: str = Field(pattern=r"^[^\s:]+:\d+$", description="host:port of the puppet service")
+    token_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$", description="environment variable holding the token")
+
+
 class OfficerConfig(Strict):
     id: Identifier
     name: str = Field(min_length=1)
@@ -373,6 +382,9 @@ class IntakeConfig(Strict):
 class BroadcastConfig(Strict):
     roles: list[Role] = Field(default_factory=lambda: [Role.antifraud, Role.supervisor],
                               description="who may send warnings")
+    district_roles: list[Role] = Field(default_factory=lambda: [Role.supervisor, Role.antifraud],
+                                       description="who may send a warning to every station of the district "
+                                       "(“预警 全区 …”, when several stations run together)")
     notify_scam_reports: bool = Field(True, description="send the anti-fraud team a summary of scam reports")
     draft_expires: Duration = Field(timedelta(hours=1), description="an unconfirmed draft expires after this")
 
@@ -505,6 +517,7 @@ class Config(Strict):
     data_dir: str = "data"
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     station: StationConfig
+    puppet: PuppetConfig | None = None
     officers: list[OfficerConfig] = Field(min_length=1)
     groups: list[GroupConfig] = Field(default_factory=list)
     shifts: list[ShiftConfig] = Field(default_factory=list)
