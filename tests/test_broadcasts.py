@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -190,3 +190,44 @@ async def test_kill_9_mid_broadcast_then_restart_sends_each_group_once(tmp_path:
         assert sent_rooms() == Counter({room: 1 for room in ROOMS})
         log.close()
         assert sandbox.token not in (tmp_path / "bot.log").read_text(encoding="utf-8")  # no secret in logs
+
+
+async def test_a_group_the_bot_has_left_is_skipped_and_recorded(env: Env) -> None:
+    await env.sandbox.leave("fangdian@chatroom", BOT)
+    start = env.sandbox.log.last_seq
+    await env.sandbox.say("wxid_officer_zhou", "预警 冒充客服退款是诈骗")
+    await env.bot_says("wxid_officer_zhou", start, "预警草稿")
+    await env.sandbox.say("wxid_officer_zhou", "确认")
+    done = await env.bot_says("wxid_officer_zhou", start, "发送完成")
+    assert "成功2个群" in done["text"] and "跳过1个" in done["text"]
+    assert env.app.station is not None
+    async with env.app.station.db.session() as session:
+        rows = {d.group_id: (d.status, d.reason) for d in (await session.scalars(select(BroadcastDelivery))).all()}
+    assert rows["fangdian"] == ("skipped", "the bot is no longer in this group")
+    assert rows["jinxiu"][0] == rows["lianyang"][0] == "sent"
+
+
+def test_broadcasts_cli_lists_and_cancels(tmp_path: Path, default_config_text: str) -> None:
+    import subprocess
+
+    config = write_config(tmp_path, default_config_text)
+
+    async def prepare() -> None:
+        from models.migrate import upgrade
+
+        database = Database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'gonghao.db'}")
+        await upgrade(database)
+        clock = FakeClock(datetime.now(UTC))
+        station = make_station(database, clock)
+        await pipeline.handle(station, resident_says("预警 冒充客服退款是诈骗", "w1", clock, **ZHOU))
+        await pipeline.handle(station, resident_says("确认", "w2", clock, **ZHOU))
+        await database.close()
+
+    asyncio.run(prepare())
+    run = [sys.executable, str(ROOT / "main.py"), "broadcasts", "--config", str(config)]
+    listed = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "#1 sending" in listed.stdout and "queued 3" in listed.stdout
+    cancelled = subprocess.run([*run, "--cancel", "1"], capture_output=True, text=True, timeout=120)
+    assert cancelled.returncode == 0 and "3 group(s) not sent" in cancelled.stdout
+    listed = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert "#1 cancelled" in listed.stdout and "cancelled 3" in listed.stdout

@@ -183,3 +183,25 @@ async def test_hostile_input_is_survived(database: Database, clock: FakeClock) -
     # and nothing else was disturbed
     assert await pipeline.handle(station, resident_says("一个三四岁的小男孩光着脚在外到处找妈妈", "w7", clock)) == \
         "incident:lost_child"
+
+
+async def test_late_messages_still_count_and_say_so(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    late = Inbound(**{**resident_says("楼道闻到一股烟焦味!", "late-1", clock).__dict__,
+                      "sent_at": clock() - timedelta(minutes=25)})
+    assert await pipeline.handle(station, late) == "incident:fire"
+    async with database.session() as session:
+        from models.tables import OutboxMessage as Row
+
+        rows = {r.kind: r.text for r in (await session.scalars(select(Row))).all()}
+    assert "公号25分钟后才看到这条消息" in rows["reply"]
+    assert "ping" in rows  # the officer is still pinged
+
+
+async def test_same_sender_same_text_under_a_new_id_is_a_duplicate(database: Database, clock: FakeClock) -> None:
+    station = make_station(database, clock)
+    assert await pipeline.handle(station, resident_says("今晚吃火锅吗", "a", clock)) == "quiet"
+    assert await pipeline.handle(station, resident_says("今晚吃火锅吗", "b", clock)) == "duplicate_text"
+    assert await pipeline.handle(station, resident_says("今晚吃火锅吗", "c", clock, sender="wxid_res_02")) == "quiet"
+    clock.current += timedelta(minutes=3)  # outside the 2-minute window it is a new message
+    assert await pipeline.handle(station, resident_says("今晚吃火锅吗", "d", clock)) == "quiet"
