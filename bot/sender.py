@@ -54,20 +54,17 @@ class Pacer:
         self.next_group: datetime | None = None
         self.next_private: datetime | None = None
 
-    async def wait_for(self, row: OutboxMessage, now: datetime) -> float:
-        """Seconds until ``row`` may be sent (0: now)."""
+    async def waits(self, account: str, now: datetime) -> dict[tuple[bool, bool], float]:
+        """Seconds until the next message may go, by (is_room, urgent): computed once per round, not per row."""
         settings = self.station.current.config.outbox
-        if not row.is_room:
-            return max(0.0, (self.next_private - now).total_seconds()) if self.next_private else 0.0
-        wait = max(0.0, (self.next_group - now).total_seconds()) if self.next_group else 0.0
+        private = max(0.0, (self.next_private - now).total_seconds()) if self.next_private else 0.0
+        group = max(0.0, (self.next_group - now).total_seconds()) if self.next_group else 0.0
         async with self.station.db.session() as session:
-            if await outbox.sent_since(session, row.account, True, now - timedelta(minutes=1)) \
-                    >= settings.group_per_minute:
-                wait = max(wait, 5.0)
-            if row.priority > outbox.PRIORITY_URGENT and await outbox.sent_since(
-                    session, row.account, True, now - timedelta(days=1)) >= settings.group_per_day:
-                wait = max(wait, 60.0)
-        return wait
+            if await outbox.sent_since(session, account, True, now - timedelta(minutes=1)) >= settings.group_per_minute:
+                group = max(group, 5.0)
+            over_day = await outbox.sent_since(session, account, True, now - timedelta(days=1)) >= settings.group_per_day
+        return {(False, True): private, (False, False): private, (True, True): group,
+                (True, False): max(group, 60.0) if over_day else group}
 
     def sent(self, row: OutboxMessage, now: datetime) -> None:
         settings = self.station.current.config.outbox
@@ -86,9 +83,10 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
             rows = await outbox.next_pending(session, station.id, now, limit=50)
         if not rows:
             return None
+        waits = await pacer.waits(station.id, now)
         chosen, soonest = None, None
         for row in rows:
-            wait = await pacer.wait_for(row, now)
+            wait = waits[(row.is_room, row.priority <= outbox.PRIORITY_URGENT)]
             if wait <= 0:
                 chosen = row
                 break
