@@ -42,6 +42,8 @@ class ConnectionFailed(RuntimeError):
 
 RECONNECT_FIRST_SECONDS = 1.0
 RECONNECT_CAP_SECONDS = 30.0
+LIVENESS_PROBE_SECONDS = 30.0  # Ding the service this often while connected...
+LIVENESS_TIMEOUT_SECONDS = 100.0  # ...and reconnect when nothing at all (no dong, no event) came for this long
 
 
 InboundHandler = Callable[[Inbound], Awaitable[Any]]
@@ -62,11 +64,15 @@ class Connection:
         self, *, account: str, token: str, endpoint: str, cache_dir: Path, on_inbound: InboundHandler
     ) -> None:
         self.account = account
+        self.probe_seconds = LIVENESS_PROBE_SECONDS
+        self.probe_timeout = LIVENESS_TIMEOUT_SECONDS
+        self._heard_at = 0.0  # monotonic time of the last sign of life from the service
         self.token = token
         self.endpoint = endpoint
         self.cache_dir = cache_dir
         self.on_inbound = on_inbound
         self.logged_in = asyncio.Event()
+        self.login_changed = asyncio.Condition()  # notified on every login (first and after reconnects)
         self.self_id: str | None = None
         self._bot: Any = None
         self._stopping = False
@@ -74,6 +80,7 @@ class Connection:
         self.logged_in_at: datetime | None = None
         self.logins = 0
         self.reconnects = 0
+        self.liveness_failures = 0
         self.state = "idle"  # idle, connecting, connected, reconnecting, stopped
 
     def _build(self) -> Any:
@@ -92,15 +99,23 @@ class Connection:
                 log.info("logged in as %s (%s)%s", contact.name, contact.contact_id,
                          f" (reconnect #{connection.reconnects})" if connection.reconnects else "")
                 connection.logged_in.set()
+                async with connection.login_changed:
+                    connection.login_changed.notify_all()
 
             async def on_message(self, msg: Any) -> None:
                 await connection._dispatch(msg)
+
+        def heard(*_args: Any) -> None:
+            connection._heard_at = asyncio.get_running_loop().time()
 
         options = wechaty.WechatyOptions(
             puppet="wechaty-puppet-service",
             puppet_options=PuppetOptions(token=self.token, end_point=self.endpoint),
         )
-        return StationBot(options)
+        bot = StationBot(options)
+        bot.on("dong", heard)
+        bot.on("heartbeat", heard)
+        return bot
 
     async def run_forever(self) -> None:
         """Stay connected: reconnect with exponential backoff and jitter (first try within ~1 s, capped at
@@ -144,7 +159,11 @@ class Connection:
             isolate_bot(bot)
             await bot.init_puppet_event_bridge(bot.puppet)
             bot.puppet._event_stream.on("error", self._listener_failed)
-            await bot.puppet.start()  # returns when the event stream ends
+            watchdog = asyncio.create_task(self._watch(bot), name="liveness")
+            try:
+                await bot.puppet.start()  # returns when the event stream ends
+            finally:
+                watchdog.cancel()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # grpclib, OSError, wechaty-puppet errors all mean the same to us
@@ -153,6 +172,27 @@ class Connection:
             raise ConnectionFailed(
                 f"the puppet service at {self.endpoint} closed the connection before logging in"
             )
+
+    async def _watch(self, bot: Any) -> None:
+        """Liveness: a service can hang with the stream still open. Ding it; when nothing comes back for
+        ``probe_timeout`` seconds, close the channel so that the supervisor reconnects."""
+        loop = asyncio.get_running_loop()
+        self._heard_at = loop.time()
+        while True:
+            await asyncio.sleep(self.probe_seconds)
+            if not self.logged_in.is_set():
+                continue
+            silent = loop.time() - self._heard_at
+            if silent > self.probe_timeout:
+                log.warning("no sign of life from the puppet service for %.0f s; reconnecting", silent)
+                self.liveness_failures += 1
+                if getattr(bot.puppet, "channel", None) is not None:
+                    bot.puppet.channel.close()
+                return
+            try:
+                await bot.puppet.ding("liveness")
+            except Exception as exc:  # the next round decides: a failing ding is itself silence
+                log.debug("ding failed: %s", exc)
 
     async def _close_bot(self) -> None:
         bot, self._bot = self._bot, None
@@ -198,6 +238,7 @@ class Connection:
     # -- inbound -----------------------------------------------------------------------------------
     async def _dispatch(self, msg: Any) -> None:
         self.last_event_at = datetime.now(UTC)
+        self._heard_at = asyncio.get_running_loop().time()
         try:
             inbound = await self._to_inbound(msg)
         except Exception:

@@ -205,3 +205,34 @@ async def test_same_sender_same_text_under_a_new_id_is_a_duplicate(database: Dat
     assert await pipeline.handle(station, resident_says("今晚吃火锅吗", "c", clock, sender="wxid_res_02")) == "quiet"
     clock.current += timedelta(minutes=3)  # outside the 2-minute window it is a new message
     assert await pipeline.handle(station, resident_says("今晚吃火锅吗", "d", clock)) == "quiet"
+
+
+async def test_a_hung_puppet_service_is_detected_and_reconnected(tmp_path: Path, clock: FakeClock,
+                                                                 default_config_text: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from wechaty_grpc.wechaty.puppet import DingResponse
+
+    import bot.connection
+
+    monkeypatch.setattr(bot.connection, "LIVENESS_PROBE_SECONDS", 0.2)
+    monkeypatch.setattr(bot.connection, "LIVENESS_TIMEOUT_SECONDS", 1.0)
+
+    sandbox = Sandbox(load_world(None), token="liveness-token-1")
+
+    async def silent_ding(_request: object) -> DingResponse:  # answers, but no dong ever comes back
+        return DingResponse()
+
+    sandbox.puppet.rpc_ding = silent_ding  # type: ignore[method-assign]
+    await sandbox.start()
+    app = App(write_config(tmp_path, default_config_text), puppet=PuppetTarget(sandbox.token, sandbox.endpoint),
+              clock=clock, watch=False)
+    await app.start()
+    connection = app.connection
+    assert connection is not None
+    try:
+        async with connection.login_changed:
+            await asyncio.wait_for(connection.login_changed.wait_for(lambda: connection.logins >= 2), 30)
+        assert connection.liveness_failures >= 1 and connection.reconnects >= 1
+    finally:
+        await app.stop()
+        await sandbox.stop()
