@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     casts = commands.add_parser("broadcasts", parents=[common], help="list warnings with their progress; cancel one")
     casts.add_argument("--cancel", type=int, metavar="N", help="cancel broadcast N (what has not gone out yet)")
 
+    sla = commands.add_parser(
+        "sla", parents=[common], help="inquiries: response times per group and officer against the 24-hour promise",
+        description="Residents' inquiries asked in [--since, --until): how many, median and 95th percentile time "
+        "to the first response and to the result, and every breach of the promise (judged as of now).")
+    sla.add_argument("--station", help="station id (default: the config's station)")
+    sla.add_argument("--since", help='local date or time, e.g. "2026-11-01" (default: 30 days ago)')
+    sla.add_argument("--until", help='local date or time, e.g. "2026-12-01 00:00" (default: now)')
+
     _run_arguments(parser)  # `python main.py --sandbox-port ...` without `run`
     return parser
 
@@ -97,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_route(args)
     if command == "oncall":
         return cmd_oncall(args)
+    if command == "sla":
+        return cmd_sla(args)
     if command == "db":
         return asyncio.run(cmd_db(args))
     if command == "hash-password":
@@ -129,8 +139,18 @@ def cmd_check(path: str) -> int:
 
     router = Router(config)
     routes = sum(1 for _ in router.all_routes())
+    from handlers.knowledge import check_knowledge
+
+    knowledge, problems = check_knowledge(config.inquiries.knowledge_base, config.inquiries.categories)
+    if problems:
+        print(f"知识库无效 / invalid knowledge base: {config.inquiries.knowledge_base}", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    entries = len(knowledge.entries) if knowledge else 0
     print(f"{path}: OK — station {config.station.id} ({config.station.name}), {len(config.groups)} groups, "
-          f"{len(config.officers)} officers, {routes} routes, {router.keyword_count} keywords")
+          f"{len(config.officers)} officers, {routes} routes, {router.keyword_count} keywords, "
+          f"{entries} knowledge-base entries")
     return 0
 
 
@@ -214,6 +234,30 @@ async def cmd_db(args: argparse.Namespace) -> int:
         return 0
     finally:
         await database.close()
+
+
+def cmd_sla(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 2
+    from datetime import timedelta
+
+    from handlers.explain import parse_local_time
+    from handlers.tickets import format_sla_report, load_sla_report
+
+    now = datetime.now(config.zone)
+    try:
+        since = parse_local_time(config, args.since) if args.since else now - timedelta(days=30)
+        until = parse_local_time(config, args.until) if args.until else now
+    except ValueError as exc:
+        print(f"sla: {exc}", file=sys.stderr)
+        return 2
+    if until <= since:
+        print("sla: --until must be after --since", file=sys.stderr)
+        return 2
+    report = asyncio.run(load_sla_report(config, since=since, until=until, now=now, station_id=args.station))
+    print(format_sla_report(report))
+    return 0
 
 
 async def cmd_broadcasts(args: argparse.Namespace) -> int:

@@ -1,4 +1,6 @@
-"""Officers answer in a word, privately: 收到 / 收到 12, 处理完毕 12 结果, 转 12 张三, 值班, 我的, 帮助.
+"""Officers answer in a word, privately: 收到 / 收到 12, 处理完毕 12 结果, 转 12 张三, 值班, 我的, 帮助;
+and residents' inquiries: 答 35 答复, 反馈 35 进展, 结 35 结果 (numbers are shared with incidents, so "结 N"
+closes whichever N is).
 
 Only rostered officers can act, and only on their station's incidents; anyone else gets a polite
 refusal and nothing changes. The parser tolerates full-width characters, extra spaces, a leading #,
@@ -17,7 +19,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config.schema import Config, OfficerConfig
-from handlers import broadcasts
+from handlers import broadcasts, tickets
 from handlers.escalation import group_of, start_chain
 from handlers.inbound import Inbound
 from handlers.incidents import ack_already_text, acknowledge, add_event, resolve
@@ -94,6 +96,9 @@ async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: In
         answer(config.texts.not_an_officer)
         return "refused_not_officer"
 
+    ticket_command = tickets.parse_ticket_command(inbound.text)
+    if ticket_command is not None:  # 答 35 … / 反馈 35 …: residents' inquiries
+        return await tickets.handle_ticket_command(session, live, officer, ticket_command, now, answer)
     command = parse_command(inbound.text)
     peers = peers or {}
     if command.name == "ack":
@@ -117,6 +122,10 @@ async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: In
 async def _ack(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, command: Command,
                now: datetime, answer: Reply) -> str:
     config = live.config
+    ticket = await tickets.find_ticket(session, config.station.id, command.number)
+    if ticket is not None:  # "收到 35" for an inquiry: say how to answer it instead
+        answer(tickets.ack_is_inquiry_text(live, ticket))
+        return "ack_inquiry"
     result = await acknowledge(session, live, officer, command.number, now)
     if result.outcome == "acknowledged" and result.incident is not None:
         answer(say(config.texts.ack_officer, incident_context(config, result.incident, officers=(officer,))))
@@ -150,6 +159,9 @@ async def _resolve(session: AsyncSession, live: ConfigVersion, officer: OfficerC
             answer(config.texts.resolve_nothing_open)
             return "resolve_nothing_open"
         number = latest.id
+    ticket = await tickets.find_ticket(session, config.station.id, number)
+    if ticket is not None:  # 结 35 when 35 is an inquiry
+        return await tickets.close_command(session, live, officer, ticket, command.rest, now, answer)
     result_text = command.rest or config.texts.resolve_default_result
     outcome = await resolve(session, live, officer.id, officer.name, number, result_text, now)
     if outcome.outcome == "resolved" and outcome.incident is not None:
@@ -170,6 +182,9 @@ async def _transfer(session: AsyncSession, live: ConfigVersion, officer: Officer
     if target is None:
         answer(say(config.texts.transfer_unknown_officer, {"name": command.rest}))
         return "transfer_unknown_officer"
+    ticket = await tickets.find_ticket(session, config.station.id, command.number)
+    if ticket is not None:
+        return await tickets.transfer_command(session, live, officer, ticket, target, now, answer)
     incident = await session.get(Incident, command.number)
     if incident is None or incident.station_id != config.station.id:
         answer(say(config.texts.ack_unknown_incident, {"number": command.number}))
@@ -269,11 +284,12 @@ async def _mine_text(session: AsyncSession, config: Config, officer: OfficerConf
                                or_(Incident.acknowledged_by == officer.id, Incident.acknowledged_by.is_(None)))
         .order_by(Incident.id.desc()).limit(200))).all()
     mine = [i for i in rows if i.acknowledged_by == officer.id or officer.id in (i.assigned_officers or [])]
+    inquiries = await tickets.mine_lines(session, config, officer)
     if not mine:
-        return "您当前没有未办结的警情。"
+        return "\n".join(["您当前没有未办结的警情。", *inquiries])
     lines = ["您未办结的警情："]
     for incident in mine[:20]:
         label = config.categories.get(incident.category, incident.category)
         lines.append(f"#{incident.id} {label} {incident.severity} {incident.group_name} "
                      f"{_STATUS_NAMES.get(incident.status, incident.status)} {local_time(config, incident.created_at)}")
-    return "\n".join(lines)
+    return "\n".join(lines + inquiries)

@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from handlers import inquiries
 from handlers.commands import handle_private
 from handlers.inbound import Inbound
 from handlers.incidents import report
@@ -98,10 +99,17 @@ async def handle(station: Station, inbound: Inbound) -> str:
             outcome = await handle_private(session, live, inbound, now, station.peers)
         elif inbound.kind != "text" or not inbound.text.strip():
             outcome = "not_text"
+        elif (answered := await inquiries.on_officer_room_message(session, live, inbound, group, now)) is not None:
+            outcome = answered  # an officer answering a resident's question in the group
+        elif inbound.sender_id in live.officers_by_wechat:
+            # Officers post warnings and safety advice in their groups ("冒充客服退款的都是诈骗，不要转账");
+            # those are prevention posts, not reports.
+            outcome = "officer_post"
         else:
             decision = live.router.classify(inbound.text, group.id if group else None, inbound.sent_at)
             if not decision.matches:
-                outcome = "quiet"
+                # not a report; perhaps a question for the police (answered or acknowledged, and ticketed)
+                outcome = await inquiries.on_room_message(session, live, inbound, group, now, row_id) or "quiet"
             else:
                 results = []
                 for position, match in enumerate(decision.matches):

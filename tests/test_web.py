@@ -412,7 +412,7 @@ async def test_group_figures_over_periods(web: WebEnv) -> None:
     start = env.sandbox.log.last_seq
     for resident, text in (("wxid_res_02", "今晚吃火锅吗"), ("wxid_res_03", "孩子放学了")):
         assert await env.outcome_of(await env.sandbox.say(resident, text, room=JINXIU)) == "quiet"
-    assert await env.outcome_of(await env.sandbox.say(WANG, "大家注意用电安全", room=JINXIU)) == "quiet"
+    assert await env.outcome_of(await env.sandbox.say(WANG, "大家注意用电安全", room=JINXIU)) == "officer_post"
     fire = await web.report()
     await web.report("有人拿裸聊视频威胁我转钱", room=FANGDIAN, resident="wxid_res_06")
     env.clock.current += timedelta(minutes=2)  # before the P1 chain's first step (3m)

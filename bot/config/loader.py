@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from bot.config.inquiry_schema import inquiry_reference_errors
 from bot.config.schema import Config, Path as FieldPath, iter_routes, reference_errors
 from bot.config.templates import template_error
 
@@ -79,6 +80,7 @@ def parse_config(text: str, filename: str = "config.yaml") -> Config:
 
     issues = [locate.issue(path, message) for path, message in reference_errors(config)]
     issues += [locate.issue(path, message) for path, message in _template_errors(config)]
+    issues += [locate.issue(path, message) for path, message in inquiry_reference_errors(config)]
     if issues:
         raise ConfigError(issues)
     return config

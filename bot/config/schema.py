@@ -15,6 +15,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from bot.config.inquiry_schema import InquirySettings
+from bot.config.report_schema import WeeklyReportConfig
+
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
 
 
@@ -535,6 +538,8 @@ class Config(Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     broadcast: BroadcastConfig = Field(default_factory=BroadcastConfig)
+    inquiries: InquirySettings = Field(default_factory=InquirySettings)
+    weekly_report: WeeklyReportConfig = Field(default_factory=WeeklyReportConfig)
 
     @field_validator("timezone")
     @classmethod

@@ -5,7 +5,12 @@ Routes (everything but ``/login``, ``/healthz``, ``/metrics`` and ``/static/`` n
 * ``GET /``                        dashboard: open incidents by severity and age, who covers each group now
 * ``GET /incidents``               incidents, ``?status=open|acknowledged|resolved|active|all``
 * ``GET /incidents/{id}``          one incident with its timeline; ``POST …/resolve`` (officer, admin)
-* ``GET /groups``                  per-group figures, ``?period=day|week|month``
+* ``GET /groups``                  per-group figures, ranking, by hour (``?period=day|week|month``)
+* ``GET /groups/{id}``             one group: its figures, 8-week trend, reports by hour
+* ``GET /broadcasts``              warnings with progress; ``/broadcasts/new``, ``POST /broadcasts`` (draft),
+  ``GET /broadcasts/{id}`` (preview, progress), ``POST …/confirm``, ``POST …/cancel`` (may-broadcast
+  officers)
+* ``GET /reports``                 weekly reports; ``/reports/{id}``, ``/reports/{id}.csv``
 * ``GET /rules``                   the route tree; ``POST /rules/test`` the tester (``main.py route``'s text)
 * ``GET /config``                  the live config version; ``POST /config/reload`` (admin)
 * ``GET /healthz``, ``GET /metrics`` for monitoring, no login
@@ -25,7 +30,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from sqlalchemy import text
 
-from bot.web import views_admin, views_groups, views_incidents
+from bot.web import views_admin, views_broadcasts, views_groups, views_incidents, views_reports
 from bot.web.auth import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -279,6 +284,8 @@ def create_admin_app(app: App) -> web.Application:
     router.add_static("/static/", STATIC_DIR)
     views_incidents.setup(router)
     views_groups.setup(router)
+    views_broadcasts.setup(router)
+    views_reports.setup(router)
     views_admin.setup(router)
     return web_app
 
