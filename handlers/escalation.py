@@ -120,6 +120,8 @@ async def run_due(station: Station) -> TickResult:
         result.reminders += await _remind(station, live, incident_id, now)
     for incident_id in lapsed:
         result.lapsed += await _lapse(station, live, incident_id, now)
+    if result.steps:
+        station.metrics.escalations.inc(result.steps)
     if result.steps or result.reminders or result.lapsed:
         station.outbox_ready.set()
     return result

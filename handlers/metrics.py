@@ -85,6 +85,11 @@ class Metrics:
         self.puppet_connected = Gauge(
             "gonghao_puppet_connected", "1 while logged in to the puppet service (computed at scrape)",
             registry=r)
+        self.escalations = Counter(
+            "gonghao_escalations", "Escalation steps taken (each notifies one or more officers)", registry=r)
+        self.reconnects = Gauge(
+            "gonghao_puppet_reconnects", "Reconnections to the puppet service since start (computed at scrape)",
+            registry=r)
         self.config_version = Gauge(
             "gonghao_config_version_info", "The live config version (label), always 1", ["version"],
             registry=r)
@@ -126,7 +131,7 @@ class Metrics:
         self.config_reloads.labels(result).inc()
 
     # -- scrape --------------------------------------------------------------------------------------
-    async def refresh(self, station: Station, *, puppet_connected: bool) -> None:
+    async def refresh(self, station: Station, *, puppet_connected: bool, reconnects: int = 0) -> None:
         """Set the gauges that describe the present: outbox depth (one COUNT), connection, config version."""
         async with station.db.session() as session:
             pending = await session.scalar(
@@ -135,6 +140,7 @@ class Metrics:
             )
         self.outbox_pending.set(pending or 0)
         self.puppet_connected.set(1 if puppet_connected else 0)
+        self.reconnects.set(reconnects)
         self.config_version.clear()
         self.config_version.labels(station.current.version).set(1)
 

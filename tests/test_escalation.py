@@ -62,6 +62,7 @@ async def test_never_acknowledged_walks_the_chain(database: Database, clock: Fak
     assert (await run_due(station)).steps == 0
     assert len(await rows(database, "escalation")) == 5 * 3
     assert (await events(database)).count("escalated") == 5
+    assert station.metrics.registry.get_sample_value("gonghao_escalations_total") == 5
 
 
 async def test_acknowledged_in_time_stops_the_chain(database: Database, clock: FakeClock) -> None:

@@ -211,3 +211,26 @@ async def test_off_shift_question_is_answered_at_once(inq_env: Env) -> None:
     assert outcome == f"inquiry_acknowledged:{number}"
     reply = await env.bot_says(JINXIU, start, "已收到您的问题")
     assert "非工作时间" in reply["text"]
+
+
+async def test_dashboard_lists_inquiries_running_out_of_time(inq_env: Env) -> None:
+    """The admin web's dashboard shows unanswered questions within 4 hours of (or past) their 24-hour promise."""
+    import re
+
+    import aiohttp
+
+    env = inq_env
+    assert env.app.web is not None
+    start = env.sandbox.log.last_seq
+    asked = await env.sandbox.say("wxid_res_01", "请问派出所开无犯罪记录证明要带什么？", room=JINXIU)
+    assert (await env.outcome_of(asked)).startswith("inquiry")
+    await env.bot_says(JINXIU, start, "")
+    env.clock.current += timedelta(hours=21)
+    async with aiohttp.ClientSession(env.app.web.url, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get("/login") as form:
+            token = re.search(r'name="csrf_token" value="([^"]+)"', await form.text())
+        assert token is not None
+        async with http.post("/login", data={"csrf_token": token.group(1), "username": "admin",
+                                             "password": "gonghao-demo-2026", "next": "/"}) as page:
+            text = await page.text()
+    assert "即将或已经超过24小时的咨询" in text and "无犯罪记录证明" in text

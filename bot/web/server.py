@@ -261,7 +261,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     if app.station is not None:
         connection = app.connection
         connected = bool(connection is not None and connection.logged_in.is_set())
-        await registry.refresh(app.station, puppet_connected=connected)
+        await registry.refresh(app.station, puppet_connected=connected,
+                               reconnects=app.connection.reconnects if app.connection else 0)
     return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

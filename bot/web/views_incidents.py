@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from sqlalchemy import func, select
@@ -21,9 +21,21 @@ from bot.web.views_base import (
     session_of,
     station,
 )
+from handlers.broadcasts import progress as broadcast_progress
 from handlers.incidents import resolve
 from handlers.oncall import coverage
-from models.tables import InboundMessage, Incident, IncidentEvent, IncidentStatus, OutboxMessage, OutboxStatus
+from handlers.texts import local_time
+from models.tables import (
+    Broadcast,
+    BroadcastStatus,
+    InboundMessage,
+    Incident,
+    IncidentEvent,
+    IncidentStatus,
+    OutboxMessage,
+    OutboxStatus,
+)
+from models.tickets import Ticket, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +94,15 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
             "outbox_failed": await count(select(func.count()).select_from(OutboxMessage).where(
                 OutboxMessage.account == st.id, OutboxMessage.status == OutboxStatus.failed)),
         }
+        # inquiries whose 24-hour clock is running out (within 4 hours) or has run out, still unanswered
+        inquiries = (await s.scalars(
+            select(Ticket).where(Ticket.station_id == st.id, Ticket.status == TicketStatus.open,
+                                 Ticket.due_at <= now + timedelta(hours=4))
+            .order_by(Ticket.due_at).limit(100))).all()
+        sending = (await s.scalars(select(Broadcast).where(Broadcast.station_id == st.id,
+                                                           Broadcast.status == BroadcastStatus.sending)
+                                   .order_by(Broadcast.id))).all()
+        broadcasts_running = [(b, await broadcast_progress(s, b.id)) for b in sending]
     by_severity = Counter(i.severity for i in unresolved)
     rows = [_row(config, i, now) for i in unresolved]
     duty = []
@@ -91,7 +112,11 @@ async def dashboard(request: web.Request) -> web.StreamResponse:
                      "reason": coverage_reason(config, cover, now),
                      "officers": [(o.name, o.role) for o in cover.officers]})
     return render(request, "dashboard.html", nav="dashboard", title="总览", rows=rows, figures=figures,
-                  by_severity=sorted(by_severity.items()), open_count=len(unresolved), duty=duty, now=now)
+                  by_severity=sorted(by_severity.items()), open_count=len(unresolved), duty=duty, now=now,
+                  inquiries=[{"id": t.id, "group": t.group_name, "resident": t.resident_name, "text": t.text[:60],
+                              "due": local_time(config, t.due_at), "overdue": t.due_at <= now}
+                             for t in inquiries],
+                  broadcasts=broadcasts_running)
 
 
 def _row(config: Config, incident: Incident, now: datetime) -> dict[str, object]:
