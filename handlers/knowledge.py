@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bot.config.loader import ConfigError, read_yaml
 from handlers.normalize import normalize
 
 log = logging.getLogger(__name__)
@@ -193,16 +194,9 @@ class KnowledgeBase:
 def parse_knowledge(text: str, source: str = "knowledge.yaml") -> KnowledgeBase:
     """Parse and validate; raises KnowledgeError naming the file, line and entry."""
     try:
-        loader = yaml.SafeLoader(text)
-        try:
-            root = loader.get_single_node()
-            data = loader.construct_document(root) if root is not None else None
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise KnowledgeError([f"{where}: invalid YAML: {exc.problem}"]) from exc
+        root, data = read_yaml(text, source)
+    except ConfigError as exc:
+        raise KnowledgeError([str(issue) for issue in exc.issues]) from exc
     if data is None:
         return KnowledgeBase((), source)
     try:

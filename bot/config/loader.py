@@ -10,7 +10,8 @@ import yaml
 from pydantic import ValidationError
 
 from bot.config.inquiry_schema import inquiry_reference_errors
-from bot.config.schema import Config, Path as FieldPath, iter_routes, reference_errors
+from bot.config.schema import Config, iter_routes, reference_errors
+from bot.config.schema import Path as FieldPath
 from bot.config.templates import template_error
 
 
@@ -54,7 +55,8 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, str(path))
 
 
-def parse_config(text: str, filename: str = "config.yaml") -> Config:
+def read_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
+    """Parse YAML keeping the node tree (for line numbers); a syntax error is a ConfigError with its line."""
     try:
         loader = yaml.SafeLoader(text)
         try:
@@ -69,7 +71,12 @@ def parse_config(text: str, filename: str = "config.yaml") -> Config:
         raise ConfigError([ConfigIssue(filename, line, "", f"invalid YAML: {problem}")]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(filename, None, "", f"invalid YAML: {exc}")]) from exc
-    if not isinstance(data, dict):
+    return root, data
+
+
+def parse_config(text: str, filename: str = "config.yaml") -> Config:
+    root, data = read_yaml(text, filename)
+    if not isinstance(data, dict) or root is None:
         raise ConfigError([ConfigIssue(filename, 1, "", "expected a mapping of settings at the top level")])
 
     locate = YamlLocator(root, filename)
