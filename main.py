@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         for noisy in ("Wechaty", "PuppetService", "Message", "Contact", "Room", "WechatyPluginManager",
-                      "apscheduler", "grpclib", "aiohttp.access"):
+                      "apscheduler", "grpclib", "aiohttp.access", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     command = args.command or "run"
     if command == "check":
