@@ -233,4 +233,16 @@ async def test_dashboard_lists_inquiries_running_out_of_time(inq_env: Env) -> No
         async with http.post("/login", data={"csrf_token": token.group(1), "username": "admin",
                                              "password": "gonghao-demo-2026", "next": "/"}) as page:
             text = await page.text()
-    assert "即将或已经超过24小时的咨询" in text and "无犯罪记录证明" in text
+        assert "即将或已经超过24小时的咨询" in text and "无犯罪记录证明" in text
+        number = re.search(r'href="/inquiries/(\d+)"', text)
+        assert number is not None
+        async with http.get("/inquiries") as listing:
+            assert f'data-inquiry="{number.group(1)}"' in await listing.text()
+        async with http.get(f"/inquiries/{number.group(1)}") as page:
+            detail = await page.text()
+        assert page.status == 200 and "时间线" in detail and "居民提问" in detail and "张阿姨" in detail
+        async with http.get("/inquiries/999999") as missing:
+            assert missing.status == 404
+    async with aiohttp.ClientSession(env.app.web.url) as anonymous, anonymous.get(
+            f"/inquiries/{number.group(1)}", allow_redirects=False) as page:
+        assert page.status in (302, 303)  # no page without a session

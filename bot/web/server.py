@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from sqlalchemy import text
 
-from bot.web import views_admin, views_broadcasts, views_groups, views_incidents, views_reports
+from bot.web import views_admin, views_broadcasts, views_groups, views_incidents, views_inquiries, views_reports
 from bot.web.auth import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -284,6 +284,7 @@ def create_admin_app(app: App) -> web.Application:
     router.add_get("/metrics", metrics)
     router.add_static("/static/", STATIC_DIR)
     views_incidents.setup(router)
+    views_inquiries.setup(router)
     views_groups.setup(router)
     views_broadcasts.setup(router)
     views_reports.setup(router)
