@@ -86,6 +86,22 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 
 
 @pytest.fixture
+async def scratch_pg_database() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database (not just a schema) for tests that run the bot as a whole, even as
+    separate processes; its URL. Dropped afterwards."""
+    name = f"gonghao_scratch_{uuid.uuid4().hex[:8]}"
+    admin = Database(PG_URL)
+    async with admin.engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
+    async with admin.engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.close()
+
+
+@pytest.fixture
 def default_config_text() -> str:
     return (ROOT / "config.yaml").read_text(encoding="utf-8")
 

@@ -8,20 +8,16 @@ import asyncio
 import os
 import signal
 import sys
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import text
 
 from bot.config.district import load_district
 from bot.config.loader import ConfigError
 from bot.sandbox import Sandbox, load_world, parse_world
-from models.db import Database
-from tests.conftest import PG_URL, ROOT
+from tests.conftest import ROOT
 
 LUJIAZUI_ROOMS = {"jinxiu@chatroom": "binjiang@chatroom", "lianyang@chatroom": "huamulu@chatroom",
                   "fangdian@chatroom": "yincheng@chatroom"}
@@ -73,26 +69,12 @@ def test_district_file_errors_name_their_file(tmp_path: Path) -> None:
         load_district(district)
 
 
-@pytest.fixture
-async def district_database() -> AsyncIterator[str]:
-    name = f"gonghao_district_{uuid.uuid4().hex[:8]}"
-    admin = Database(PG_URL)
-    async with admin.engine.connect() as connection:
-        await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_URL.rsplit("/", 1)[0] + f"/{name}"
-    async with admin.engine.connect() as connection:
-        await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    await admin.close()
-
-
-async def test_one_process_per_station_and_a_district_wide_warning(tmp_path: Path, district_database: str) -> None:
+async def test_one_process_per_station_and_a_district_wide_warning(tmp_path: Path, scratch_pg_database: str) -> None:
     huamu = Sandbox(load_world(None), token="huamu-token-0001")
     lujiazui = Sandbox(parse_world(lujiazui_world(), source="lujiazui"), token="lujiazui-token-0002")
     await huamu.start()
     await lujiazui.start()
-    district = write_district(tmp_path, district_database, {"huamu": huamu.endpoint, "lujiazui": lujiazui.endpoint})
+    district = write_district(tmp_path, scratch_pg_database, {"huamu": huamu.endpoint, "lujiazui": lujiazui.endpoint})
     env = {k: v for k, v in os.environ.items() if not k.startswith("WECHATY_")}
     clock = tmp_path / "clock.txt"
     clock.write_text("2026-11-27T10:00:00+08:00", encoding="utf-8")  # a Friday morning, whenever the test runs

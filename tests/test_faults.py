@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from bot.app import App, PuppetTarget
 from bot.sandbox import Sandbox, load_world
@@ -20,7 +18,7 @@ from handlers import pipeline
 from handlers.inbound import Inbound
 from models.db import Database
 from models.tables import InboundMessage, Incident, OutboxMessage
-from tests.conftest import BOT, JINXIU, PG_URL, WANG, Env, FakeClock, write_config
+from tests.conftest import BOT, JINXIU, WANG, Env, FakeClock, write_config
 from tests.test_storage import make_station, resident_says
 
 
@@ -97,25 +95,11 @@ class CuttableProxy:
         await self.start()
 
 
-@pytest.fixture
-async def fault_database() -> AsyncIterator[str]:
-    name = f"gonghao_fault_{uuid.uuid4().hex[:8]}"
-    admin = Database(PG_URL)
-    async with admin.engine.connect() as connection:
-        await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield name
-    async with admin.engine.connect() as connection:
-        await connection.execution_options(isolation_level="AUTOCOMMIT")
-        await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    await admin.close()
-
-
 async def test_messages_survive_a_database_outage(tmp_path: Path, clock: FakeClock, default_config_text: str,
-                                                  fault_database: str) -> None:
+                                                  scratch_pg_database: str) -> None:
     proxy = CuttableProxy(5432)
     await proxy.start()
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{fault_database}"
+    url = scratch_pg_database.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     async with Sandbox(load_world(None), token="db-outage-token") as sandbox:
         app = App(write_config(tmp_path, default_config_text, database_url=url),
                   puppet=PuppetTarget(sandbox.token, sandbox.endpoint), clock=clock, watch=False)
