@@ -255,7 +255,13 @@ def cmd_sla(args: argparse.Namespace) -> int:
     if until <= since:
         print("sla: --until must be after --since", file=sys.stderr)
         return 2
-    report = asyncio.run(load_sla_report(config, since=since, until=until, now=now, station_id=args.station))
+    from models.migrate import SchemaOutdated
+
+    try:
+        report = asyncio.run(load_sla_report(config, since=since, until=until, now=now, station_id=args.station))
+    except SchemaOutdated as exc:
+        print(f"sla: {exc}", file=sys.stderr)
+        return 2
     print(format_sla_report(report))
     return 0
 

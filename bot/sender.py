@@ -153,3 +153,4 @@ async def run_sender(station: Station, transport: Transport, ready: asyncio.Even
             await asyncio.wait_for(station.outbox_ready.wait(), timeout)
         except TimeoutError:
             pass
+        _reraise_if_cancelled()  # Python 3.11's wait_for swallows a cancellation that lands with the wake-up

@@ -94,8 +94,14 @@ _JAMO = frozenset(chr(c) for first, last in _JAMO_RANGES for c in range(first, l
 def _fuses(part: str) -> bool:
     """Whether a character can change, or change a neighbour, once next to others: traditional (OpenCC
     phrases), a mark (every second half of a canonical composition is one, e.g. U+3099 the kana voicing;
-    tests/test_routing.py checks that this still holds for the running Unicode version), or a jamo."""
-    return part in _TRADITIONAL or part in _JAMO or unicodedata.category(part)[0] == "M"
+    tests/test_routing.py checks that this still holds for the running Unicode version), a character NFKC
+    may reorder (non-zero combining class), or a jamo."""
+    return (
+        part in _TRADITIONAL
+        or part in _JAMO
+        or unicodedata.category(part)[0] == "M"
+        or unicodedata.combining(part) != 0
+    )
 
 
 def _build_table() -> list[int | str | None]:
@@ -106,7 +112,8 @@ def _build_table() -> list[int | str | None]:
         if not char.isalnum():  # noise (``\W``; "_" is not alphanumeric either): deleted before anything else
             continue
         if unicodedata.is_normalized("NFKC", char):
-            if char in _TRADITIONAL or char in _JAMO:
+            # _fuses(char), without the mark test: no mark is alphanumeric
+            if char in _TRADITIONAL or char in _JAMO or unicodedata.combining(char):
                 table[code] = _MARK
                 continue
             out = char

@@ -748,12 +748,16 @@ async def sla_report(session: AsyncSession, config: Config, *, since: datetime, 
 
 async def load_sla_report(config: Config, *, since: datetime, until: datetime, now: datetime,
                           station_id: str | None = None, database_url: str | None = None) -> SlaReport:
-    """Open the config's database (or ``database_url``) and build the report; for ``main.py sla``."""
+    """Open the config's database (or ``database_url``) and build the report; for ``main.py sla``.
+
+    Raises ``models.migrate.SchemaOutdated`` for a database behind the code (``main.py db upgrade`` first);
+    a fresh one gets the schema through the migrations, as the bot would at start, and reports nothing."""
     from models.db import Database
+    from models.migrate import ensure_current
 
     database = Database(database_url or config.database.url)
     try:
-        await database.create_schema()  # a fresh database simply has no inquiries yet
+        await ensure_current(database)
         async with database.session() as session:
             return await sla_report(session, config, since=since, until=until, now=now, station_id=station_id)
     finally:

@@ -560,10 +560,21 @@ def test_percentiles_and_durations() -> None:
 
 
 async def test_sla_report_from_the_config_database(tmp_path: Any, clock: FakeClock) -> None:
-    """What ``main.py sla`` calls: opens the database, creates nothing but missing tables, reports."""
+    """What ``main.py sla`` calls: opens the (migrated) database and reports; refuses an outdated one."""
+    from models.migrate import SchemaOutdated, upgrade
+
+    stale = Database(f"sqlite+aiosqlite:///{tmp_path / 'stale.db'}")
+    await stale.create_schema()  # tables but no migration stamp: not something to report from
+    await stale.close()
+    with pytest.raises(SchemaOutdated):
+        await tickets.load_sla_report(CONFIG, since=clock(), until=clock() + timedelta(hours=1), now=clock(),
+                                      database_url=f"sqlite+aiosqlite:///{tmp_path / 'stale.db'}")
+    fresh = await tickets.load_sla_report(CONFIG, since=clock(), until=clock() + timedelta(hours=1), now=clock(),
+                                          database_url=f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}")
+    assert fresh.total.inquiries == 0  # a fresh database gets the schema, as the bot would give it
     url = f"sqlite+aiosqlite:///{tmp_path / 'sla.db'}"
     database = Database(url)
-    await database.create_schema()
+    await upgrade(database)
     station = make_station(database, clock)
     await ask(station, clock, "请问派出所几点上班？")
     await database.close()
