@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from bot.config.loader import ConfigError, ConfigIssue, load_config
 from bot.config.schema import Config
@@ -32,8 +33,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGES_IN_FLIGHT = 64
+# Loaded messages waiting for the pipeline; when it is full the connection's loaders wait (backpressure
+# down to a queue of event ids), so memory stays bounded in a flood.
+INTAKE_QUEUE_SIZE = 1024
+# At most this many messages in one transaction: large enough to amortise the commit under load, small
+# enough that a batch stays well under a second.
+MAX_BATCH = 256
 DATABASE_RETRY_SECONDS = 600
+DRAIN_ON_STOP_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class App:
         self.connection: Connection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._owns_sandbox = False
-        self._in_flight = asyncio.Semaphore(MAX_MESSAGES_IN_FLIGHT)
+        self._intake: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=INTAKE_QUEUE_SIZE)
         self.handled: asyncio.Queue[tuple[Inbound, str]] | None = None  # tests may set one to observe outcomes
         self.metrics = Metrics()
         self.web: AdminWeb | None = None
@@ -134,6 +141,7 @@ class App:
             on_inbound=self._on_inbound,
         )
         self._tasks.append(asyncio.create_task(self.connection.run_forever(), name="connection"))
+        self._tasks.append(asyncio.create_task(self._run_intake(), name="intake"))
         self._tasks.append(
             asyncio.create_task(run_sender(self.station, self.connection, self.connection.logged_in), name="sender")
         )
@@ -202,32 +210,61 @@ class App:
                 self.reload()
 
     async def _on_inbound(self, inbound: Inbound) -> None:
-        assert self.station is not None
         self.metrics.message_in(private=inbound.is_private)
-        async with self._in_flight:
-            outcome = await self._handle_with_retry(inbound)
-        self.metrics.message_handled(outcome)
-        log.debug("message %s: %s", inbound.message_id, outcome)
-        if self.handled is not None:
-            self.handled.put_nowait((inbound, outcome))
+        await self._intake.put(inbound)
+
+    async def _run_intake(self) -> None:
+        """The one consumer of loaded messages: whatever is waiting goes through the pipeline as one batch."""
+        while True:
+            batch = [await self._intake.get()]
+            while len(batch) < MAX_BATCH and not self._intake.empty():
+                batch.append(self._intake.get_nowait())
+            try:
+                outcomes = await self._handle_batch(batch)
+                for inbound, outcome in zip(batch, outcomes, strict=True):
+                    self.metrics.message_handled(outcome)
+                    log.debug("message %s: %s", inbound.message_id, outcome)
+                    if self.handled is not None:
+                        self.handled.put_nowait((inbound, outcome))
+            finally:
+                for _ in batch:
+                    self._intake.task_done()
+
+    async def _handle_batch(self, batch: list[Inbound]) -> list[str]:
+        assert self.station is not None
+        if len(batch) > 1:
+            try:
+                return await pipeline.handle_batch(self.station, batch)
+            except Exception as exc:  # nothing of the batch was written: take its messages one at a time
+                log.warning("a batch of %s messages failed (%s: %s); handling them one by one",
+                            len(batch), type(exc).__name__, exc)
+        return [await self._handle_with_retry(inbound) for inbound in batch]
 
     async def _handle_with_retry(self, inbound: Inbound) -> str:
         """The puppet service will not deliver a message again, so a database outage must not lose it: keep it
-        and retry with backoff (bounded in time; the in-flight limit bounds memory)."""
+        and retry with backoff (bounded in time; the intake queue bounds memory meanwhile)."""
         assert self.station is not None
         delay, deadline = 0.5, asyncio.get_running_loop().time() + DATABASE_RETRY_SECONDS
         while True:
             try:
                 return await pipeline.handle(self.station, inbound)
-            except (DBAPIError, OSError, ConnectionError) as exc:
+            except (DBAPIError, PoolTimeout, OSError, ConnectionError) as exc:
                 if asyncio.get_running_loop().time() > deadline:
                     log.error("giving up on message %s after %s s of database errors: %s", inbound.message_id,
                               DATABASE_RETRY_SECONDS, exc)
-                    raise
+                    return "error"
                 log.warning("database unavailable (%s); message %s kept, retrying in %.1f s",
                             type(exc).__name__, inbound.message_id, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            except Exception:
+                log.exception("handling message %s failed", inbound.message_id)
+                return "error"
+
+    @property
+    def intake_backlog(self) -> int:
+        """Loaded messages waiting for the pipeline."""
+        return self._intake.qsize()
 
     async def wait_logged_in(self, timeout: float | None = 20) -> None:
         """Until the puppet service logged us in; raises the connection's error if it failed first."""
@@ -259,6 +296,10 @@ class App:
             self.web = None
         if self.connection is not None:
             await self.connection.stop()
+        try:  # what was already loaded still gets stored and answered
+            await asyncio.wait_for(self._intake.join(), DRAIN_ON_STOP_SECONDS)
+        except TimeoutError:
+            log.warning("stopping with %s messages not handled", self._intake.qsize())
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

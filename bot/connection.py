@@ -44,6 +44,10 @@ RECONNECT_FIRST_SECONDS = 1.0
 RECONNECT_CAP_SECONDS = 30.0
 LIVENESS_PROBE_SECONDS = 30.0  # Ding the service this often while connected...
 LIVENESS_TIMEOUT_SECONDS = 100.0  # ...and reconnect when nothing at all (no dong, no event) came for this long
+# Messages whose payloads are being fetched at once. python-wechaty starts a task per event; with thousands
+# queued, their gRPC calls fight over stream slots and throughput falls ~3x. A fixed pool of loaders over a
+# queue of event ids keeps the work bounded however many events are waiting.
+MESSAGE_LOADERS = 16
 
 
 InboundHandler = Callable[[Inbound], Awaitable[Any]]
@@ -82,6 +86,9 @@ class Connection:
         self.reconnects = 0
         self.liveness_failures = 0
         self.state = "idle"  # idle, connecting, connected, reconnecting, stopped
+        self.unloadable = 0  # message events whose payload could not be fetched (logged, counted)
+        self._pending: asyncio.Queue[Any] = asyncio.Queue()  # message events not loaded yet (tiny: ids)
+        self._load_message: Callable[[Any], Awaitable[None]] | None = None  # python-wechaty's, per connection
 
     def _build(self) -> Any:
         register_secret(self.token)
@@ -121,6 +128,20 @@ class Connection:
         """Stay connected: reconnect with exponential backoff and jitter (first try within ~1 s, capped at
         ~30 s), forever, without restarting the process. Only a refused token before the first login is
         fatal (a configuration error a person must fix)."""
+        loaders = [asyncio.create_task(self._load_messages(), name=f"message-loader-{n}")
+                   for n in range(MESSAGE_LOADERS)]
+        try:
+            await self._stay_connected()
+        finally:
+            for loader in loaders:
+                loader.cancel()
+
+    @property
+    def pending_events(self) -> int:
+        """Message events received and not loaded yet (a backlog after an outage or in a flood)."""
+        return self._pending.qsize()
+
+    async def _stay_connected(self) -> None:
         attempt = 0
         while not self._stopping:
             connected_at: datetime | None = None
@@ -158,6 +179,7 @@ class Connection:
             await bot.init_puppet()
             isolate_bot(bot)
             await bot.init_puppet_event_bridge(bot.puppet)
+            self._take_over_message_events(bot.puppet._event_stream)
             bot.puppet._event_stream.on("error", self._listener_failed)
             watchdog = asyncio.create_task(self._watch(bot), name="liveness")
             try:
@@ -172,6 +194,32 @@ class Connection:
             raise ConnectionFailed(
                 f"the puppet service at {self.endpoint} closed the connection before logging in"
             )
+
+    def _take_over_message_events(self, emitter: Any) -> None:
+        """Queue message events for the loaders instead of python-wechaty's task per event."""
+        listeners = emitter.listeners("message")
+        for listener in listeners:
+            emitter.remove_listener("message", listener)
+        self._load_message = listeners[0] if listeners else None
+        emitter.on("message", self._pending.put_nowait)
+
+    async def _load_messages(self) -> None:
+        """One loader: fetch a queued message's payload (python-wechaty's own listener: Message.ready, then
+        our on_message), one at a time. Events wait here while disconnected and load after reconnecting."""
+        while True:
+            event = await self._pending.get()
+            await self.logged_in.wait()
+            load = self._load_message
+            if load is None:
+                continue
+            try:
+                await load(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a payload the service cannot find, a dropped channel: this one only
+                self.unloadable += 1
+                log.warning("could not load message %s from the puppet service: %s: %s",
+                            getattr(event, "message_id", "?"), type(exc).__name__, exc)
 
     async def _watch(self, bot: Any) -> None:
         """Liveness: a service can hang with the stream still open. Ding it; when nothing comes back for

@@ -189,6 +189,9 @@ async def finish_if_done(session: AsyncSession, station: Station | None, broadca
     live = live or (station.current if station else None)
     now = now or (station.now() if station else None)
     assert live is not None and now is not None
+    # Take the broadcast's row lock before counting: the last deliveries settled by several senders at once
+    # would otherwise each count the others' (uncommitted) deliveries as queued, and nobody would finish it.
+    await session.execute(select(Broadcast.id).where(Broadcast.id == broadcast_id).with_for_update())
     done = await progress(session, broadcast_id)
     if done.queued:
         return False

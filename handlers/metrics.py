@@ -12,6 +12,7 @@ never free text, ids or names.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -28,6 +29,19 @@ from models.tables import OutboxMessage, OutboxStatus
 
 if TYPE_CHECKING:
     from handlers.runtime import Station
+
+
+@dataclass(frozen=True)
+class ConnectionFigures:
+    """The puppet connection and the intake as they are at scrape time (filled in by the web layer)."""
+
+    connected: bool = False
+    reconnects: int = 0
+    liveness_failures: int = 0  # reconnects forced by the liveness probe (a hung service)
+    seconds_since_event: float | None = None  # None before the first message event
+    pending_events: int = 0  # message events received, payload not fetched yet
+    unloadable: int = 0  # message events whose payload could not be fetched
+    intake_backlog: int = 0  # loaded messages waiting for the pipeline
 
 __all__ = ["CONTENT_TYPE", "Metrics", "outcome_kind"]
 
@@ -90,6 +104,21 @@ class Metrics:
         self.reconnects = Gauge(
             "gonghao_puppet_reconnects", "Reconnections to the puppet service since start (computed at scrape)",
             registry=r)
+        self.liveness_failures = Gauge(
+            "gonghao_puppet_liveness_failures",
+            "Reconnections forced by the liveness probe (the service stopped answering) since start", registry=r)
+        self.seconds_since_event = Gauge(
+            "gonghao_puppet_seconds_since_last_message",
+            "Seconds since the last message event from the puppet service (-1 before the first)", registry=r)
+        self.pending_events = Gauge(
+            "gonghao_intake_pending_events",
+            "Message events received whose payload is not fetched yet (a backlog after an outage or a flood)",
+            registry=r)
+        self.unloadable = Gauge(
+            "gonghao_intake_unloadable_messages",
+            "Message events whose payload the puppet service could not give since start", registry=r)
+        self.intake_backlog = Gauge(
+            "gonghao_intake_backlog", "Loaded messages waiting for the pipeline", registry=r)
         self.config_version = Gauge(
             "gonghao_config_version_info", "The live config version (label), always 1", ["version"],
             registry=r)
@@ -131,16 +160,22 @@ class Metrics:
         self.config_reloads.labels(result).inc()
 
     # -- scrape --------------------------------------------------------------------------------------
-    async def refresh(self, station: Station, *, puppet_connected: bool, reconnects: int = 0) -> None:
-        """Set the gauges that describe the present: outbox depth (one COUNT), connection, config version."""
+    async def refresh(self, station: Station, connection: ConnectionFigures) -> None:
+        """Set the gauges that describe the present: outbox depth (one COUNT), connection, intake, config."""
         async with station.db.session() as session:
             pending = await session.scalar(
                 select(func.count()).select_from(OutboxMessage).where(
                     OutboxMessage.account == station.id, OutboxMessage.status == OutboxStatus.pending)
             )
         self.outbox_pending.set(pending or 0)
-        self.puppet_connected.set(1 if puppet_connected else 0)
-        self.reconnects.set(reconnects)
+        self.puppet_connected.set(1 if connection.connected else 0)
+        self.reconnects.set(connection.reconnects)
+        self.liveness_failures.set(connection.liveness_failures)
+        since = connection.seconds_since_event
+        self.seconds_since_event.set(-1 if since is None else since)
+        self.pending_events.set(connection.pending_events)
+        self.unloadable.set(connection.unloadable)
+        self.intake_backlog.set(connection.intake_backlog)
         self.config_version.clear()
         self.config_version.labels(station.current.version).set(1)
 

@@ -22,8 +22,15 @@ class Database:
         connect_args: dict[str, object] = {}
         if schema and not self.is_sqlite:
             connect_args["server_settings"] = {"search_path": schema}
+        pool: dict[str, object] = {}
+        if self.is_sqlite:
+            # SQLite has one writer at a time, and a connection that finds the lock taken waits in SQLite's
+            # busy handler, which sleeps in steps of up to 100 ms: under load the outbox sender starved
+            # behind the intake for seconds. One connection makes every transaction of this process queue in
+            # asyncio instead, first come first served, with no sleeping (WAL still lets other processes read).
+            pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_pre_ping=not self.is_sqlite, connect_args=connect_args
+            url, pool_pre_ping=not self.is_sqlite, connect_args=connect_args, **pool
         )
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -19,7 +19,13 @@ class InboundMessage(Base):
     """Every message the bot saw in a group or in private, once per (account, WeChat message id)."""
 
     __tablename__ = "inbound_messages"
-    __table_args__ = (UniqueConstraint("account", "message_id"),)
+    __table_args__ = (
+        UniqueConstraint("account", "message_id"),
+        # the duplicate-text check on every message: what this sender said lately
+        Index("ix_inbound_messages_sender_sent", "account", "sender_id", "sent_at"),
+        # the dashboard's and the evaluation's counts over a period
+        Index("ix_inbound_messages_received", "account", "received_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     account: Mapped[str] = mapped_column(String(64))

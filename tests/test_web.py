@@ -514,6 +514,8 @@ async def test_healthz_when_healthy(web: WebEnv) -> None:
     assert body["status"] == "ok" and body["puppet_connected"] is True and body["database"] is True
     assert body["config_version"] == web.app.station.current.version  # type: ignore[union-attr]
     assert body["last_event_at"] and body["last_event_at"].startswith("20")
+    assert body["puppet_state"] == "connected" and body["reconnects"] == 0 and body["liveness_failures"] == 0
+    assert body["pending_events"] == 0 and body["intake_backlog"] == 0
 
 
 async def test_healthz_degraded_without_the_puppet(tmp_path: Path, clock: FakeClock, default_config_text: str,
@@ -530,8 +532,10 @@ async def test_healthz_degraded_without_the_puppet(tmp_path: Path, clock: FakeCl
         async with aiohttp.ClientSession() as http, http.get(admin_web.url + "healthz") as response:
             assert response.status == 503
             body = await response.json()
-        assert body == {"status": "degraded", "puppet_connected": False, "last_event_at": None,
-                        "database": True, "config_version": app.station.current.version}  # type: ignore[union-attr]
+        assert body == {"status": "degraded", "puppet_connected": False, "puppet_state": "connecting",
+                        "reconnects": 0, "liveness_failures": 0, "last_event_at": None, "pending_events": 0,
+                        "intake_backlog": 0, "database": True,
+                        "config_version": app.station.current.version}  # type: ignore[union-attr]
     finally:
         await admin_web.stop()
         await app.stop()
@@ -558,6 +562,10 @@ async def test_metrics_scrape(web: WebEnv) -> None:
         samples = scrape(await response.text())
     assert samples[("gonghao_outbox_pending", ())] == 1
     assert samples[("gonghao_puppet_connected", ())] == 1
+    assert samples[("gonghao_puppet_reconnects", ())] == 0
+    assert samples[("gonghao_puppet_liveness_failures", ())] == 0
+    assert samples[("gonghao_intake_pending_events", ())] == 0 and samples[("gonghao_intake_backlog", ())] == 0
+    assert samples[("gonghao_intake_unloadable_messages", ())] == 0
     assert samples[("gonghao_config_version_info", (("version", station.current.version),))] == 1
     failed = ("gonghao_config_reloads_total", (("result", "failed"),))
     # the scrape renders the App's own registry (a fallback one until the App carries its Metrics)

@@ -7,6 +7,10 @@ real puppet-service gateway:
   refuses any other value with ``UNAUTHENTICATED``;
 * ``Stop`` (always called first, must succeed when idle) then ``Start`` then one
   long-lived server-streaming ``Event`` call;
+* several clients of the one account may listen at once (several bot processes of
+  one station): every event goes to every open ``Event`` stream, and a client's
+  ``Stop`` ends only the streams of its own connection. (The official Node service
+  serves one ``Event`` stream and its ``Stop`` stops the whole puppet.)
 * event payloads are JSON strings with camelCase keys; message types use the Node
   puppet numbering (Text = 7); timestamps are epoch milliseconds;
 * methods not served here answer ``UNIMPLEMENTED``.
@@ -63,7 +67,9 @@ class PuppetService:
         self.world = world
         self.log = chat_log
         self._started = False
-        self._streams: set[asyncio.Queue[pb.EventResponse | None]] = set()
+        # Each open Event stream with the client connection (peer address) that opened it, so that one
+        # client's Stop leaves the others listening.
+        self._streams: dict[asyncio.Queue[pb.EventResponse | None], object] = {}
         self._state_event = asyncio.Event()
 
     # -- connection state ------------------------------------------------------
@@ -304,8 +310,11 @@ class PuppetService:
                 pb.MessageSendTextResponse,
             ),
         }
+        per_client = {"Start", "Stop"}  # these act on the calling client's own event streams
         mapping = {
-            f"/wechaty.Puppet/{name}": Handler(_unary(func), Cardinality.UNARY_UNARY, req, resp)
+            f"/wechaty.Puppet/{name}": Handler(
+                _unary(func, per_client=name in per_client), Cardinality.UNARY_UNARY, req, resp
+            )
             for name, (func, req, resp) in unary.items()
         }
         mapping["/wechaty.Puppet/Event"] = Handler(
@@ -319,7 +328,7 @@ class PuppetService:
         queue: asyncio.Queue[pb.EventResponse | None] = asyncio.Queue()
         # Replay login/ready for a client that opens its stream after Start (python-wechaty does).
         backlog = self._login_events() if self._started else []
-        self._streams.add(queue)
+        self._streams[queue] = _client_of(stream)
         self._state_changed()
         try:
             await stream.send_initial_metadata()
@@ -328,22 +337,39 @@ class PuppetService:
             while (event := await queue.get()) is not None:
                 await stream.send_message(event)
         finally:
-            self._streams.discard(queue)
+            self._streams.pop(queue, None)
             self._state_changed()
 
-    async def rpc_start(self, _: pb.StartRequest) -> pb.StartResponse:
+    def _streams_of(self, client: object) -> list[asyncio.Queue[pb.EventResponse | None]]:
+        """The event streams ``client`` opened; all of them when the caller is unknown (``None``)."""
+        return [queue for queue, owner in self._streams.items() if client is None or owner == client]
+
+    async def rpc_start(self, _: pb.StartRequest, client: object = None) -> pb.StartResponse:
         self._started = True
+        # Only the caller logs in: the other clients of this account are logged in already.
         for event in self._login_events():
-            for queue in self._streams:
+            for queue in self._streams_of(client):
                 queue.put_nowait(event)
         self._state_changed()
         return pb.StartResponse()
 
-    async def rpc_stop(self, _: pb.StopRequest) -> pb.StopResponse:
-        # Like the Node puppet service: stopping ends the event streams; safe when idle.
+    async def rpc_stop(self, _: pb.StopRequest, client: object = None) -> pb.StopResponse:
+        # Like the Node puppet service: stopping ends the caller's event stream; safe when idle.
         # Answer only once they have finished, so a client that closes its channel right
         # after Stop (python-wechaty does) sees a clean end of stream, not a dropped connection.
-        await self.shutdown(timeout=2.0)
+        mine = self._streams_of(client)
+        if len(mine) == len(self._streams):
+            await self.shutdown(timeout=2.0)  # nobody else listens: the puppet stops
+            return pb.StopResponse()
+        # Other clients still listen (python-wechaty calls Stop before every Start): they keep their streams.
+        for queue in mine:
+            queue.put_nowait(None)
+        try:
+            await self.wait_state(
+                lambda: not any(q in self._streams for q in mine), 2.0, "the caller's event streams to close"
+            )
+        except TimeoutError:
+            log.warning("sandbox: %d event stream(s) did not close in time", len(mine))
         return pb.StopResponse()
 
     async def rpc_logout(self, _: pb.LogoutRequest) -> pb.LogoutResponse:
@@ -471,13 +497,18 @@ class PuppetService:
         return pb.MessageSendTextResponse(id=entry["id"])
 
 
+def _client_of(stream: Stream[Any, Any]) -> object:
+    """Which client connection a call came over: python-wechaty sends all its calls over one channel."""
+    return stream.peer.addr()
+
+
 def _unary(
-    func: Callable[[Any], Awaitable[betterproto.Message]],
+    func: Callable[..., Awaitable[betterproto.Message]], *, per_client: bool = False
 ) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
     async def handle(stream: Stream[Any, Any]) -> None:
         request = await stream.recv_message()
         try:
-            reply = await func(request)
+            reply = await (func(request, _client_of(stream)) if per_client else func(request))
         except SandboxError as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from exc
         await stream.send_message(reply)

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
@@ -54,7 +55,7 @@ from bot.web.views_base import (
     redirect,
     render,
 )
-from handlers.metrics import CONTENT_TYPE, Metrics
+from handlers.metrics import CONTENT_TYPE, ConnectionFigures, Metrics
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -238,17 +239,38 @@ async def _database_ok(app: App) -> bool:
         return False
 
 
+def connection_figures(app: App) -> ConnectionFigures:
+    connection = app.connection
+    if connection is None:
+        return ConnectionFigures(intake_backlog=app.intake_backlog)
+    last = connection.last_event_at
+    return ConnectionFigures(
+        connected=connection.logged_in.is_set(),
+        reconnects=connection.reconnects,
+        liveness_failures=connection.liveness_failures,
+        seconds_since_event=None if last is None else max(0.0, (datetime.now(UTC) - last).total_seconds()),
+        pending_events=connection.pending_events,
+        unloadable=connection.unloadable,
+        intake_backlog=app.intake_backlog,
+    )
+
+
 async def healthz(request: web.Request) -> web.StreamResponse:
     app = gonghao(request)
+    figures = connection_figures(app)
     connection = app.connection
-    connected = bool(connection is not None and connection.logged_in.is_set())
-    last = getattr(connection, "last_event_at", None)
+    last = connection.last_event_at if connection is not None else None
     database = await _database_ok(app)
-    healthy = connected and database
+    healthy = figures.connected and database
     body = {
         "status": "ok" if healthy else "degraded",
-        "puppet_connected": connected,
+        "puppet_connected": figures.connected,
+        "puppet_state": connection.state if connection is not None else "idle",
+        "reconnects": figures.reconnects,
+        "liveness_failures": figures.liveness_failures,
         "last_event_at": last.isoformat() if last is not None else None,
+        "pending_events": figures.pending_events,
+        "intake_backlog": figures.intake_backlog,
         "database": database,
         "config_version": app.station.current.version if app.station is not None else None,
     }
@@ -259,10 +281,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     app = gonghao(request)
     registry = metrics_of(app) or request.app[METRICS_KEY]
     if app.station is not None:
-        connection = app.connection
-        connected = bool(connection is not None and connection.logged_in.is_set())
-        await registry.refresh(app.station, puppet_connected=connected,
-                               reconnects=app.connection.reconnects if app.connection else 0)
+        await registry.refresh(app.station, connection_figures(app))
     return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
