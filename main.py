@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from datetime import datetime
@@ -16,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CONFIG = "config.yaml"
+# `main.py sandbox` listens on fixed defaults so that a bot can be pointed at it without reading its output;
+# the token is no secret: the sandbox only ever serves its made-up world.
+SANDBOX_GRPC_PORT = 8788
+SANDBOX_DEFAULT_TOKEN = "gonghao-sandbox"
 CATEGORY_HELP = (
     "categories: fire, lost_child, scam, none, and the other categories the config defines "
     "(the default config: see `categories:` in config.yaml)"
@@ -74,6 +79,21 @@ def _parser() -> argparse.ArgumentParser:
     sla.add_argument("--since", help='local date or time, e.g. "2026-11-01" (default: 30 days ago)')
     sla.add_argument("--until", help='local date or time, e.g. "2026-12-01 00:00" (default: now)')
 
+    sandbox = commands.add_parser(
+        "sandbox", help="run only the built-in sandbox (puppet service + web chat) until Ctrl-C",
+        description="Serve the built-in sandbox on its own, without a bot: a Wechaty puppet service and the web "
+        "chat over one world. Connect a bot to it as to a real service: WECHATY_PUPPET_SERVICE_ENDPOINT=HOST:PORT "
+        "WECHATY_PUPPET_SERVICE_TOKEN=TOKEN python main.py. Its chat log lives in memory and ends with the process.")
+    sandbox.add_argument("--world", metavar="FILE", help="sandbox world YAML (default: the built-in one)")
+    sandbox.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    sandbox.add_argument("--grpc-port", type=int, default=SANDBOX_GRPC_PORT, metavar="PORT",
+                         help="puppet-service port (default: %(default)s; 0 = any free port)")
+    sandbox.add_argument("--web-port", type=int, default=8700, metavar="PORT",
+                         help="web chat port (default: %(default)s; 0 = any free port)")
+    sandbox.add_argument("--token",
+                         help="the token bots must present (default: $WECHATY_PUPPET_SERVICE_TOKEN, else the fixed "
+                         f"sandbox token {SANDBOX_DEFAULT_TOKEN!r})")
+
     _run_arguments(parser)  # `python main.py --sandbox-port ...` without `run`
     return parser
 
@@ -116,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if command == "broadcasts":
         return asyncio.run(cmd_broadcasts(args))
+    if command == "sandbox":
+        return asyncio.run(cmd_sandbox(args))
     return asyncio.run(cmd_run(args))
 
 
@@ -213,6 +235,15 @@ def cmd_oncall(args: argparse.Namespace) -> int:
     print(describe(config, at, args.group))
     return 0
 
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (a person's Ctrl-C, a service manager's stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 async def cmd_db(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
@@ -323,6 +354,43 @@ def _route_test(config: Any, router: Any, path: Path) -> int:
     return 1 if failed else 0
 
 
+async def cmd_sandbox(args: argparse.Namespace) -> int:
+    """The built-in sandbox alone, in this process, until SIGINT/SIGTERM: a puppet service for a bot run elsewhere."""
+    from bot.sandbox import Sandbox, WorldError, load_world
+
+    try:
+        world = load_world(Path(args.world) if args.world else None)
+    except WorldError as exc:
+        print(f"sandbox: invalid world: {exc}", file=sys.stderr)
+        return 2
+    if args.token:
+        token, source = args.token, "--token"
+    elif os.environ.get("WECHATY_PUPPET_SERVICE_TOKEN"):
+        token, source = os.environ["WECHATY_PUPPET_SERVICE_TOKEN"], "WECHATY_PUPPET_SERVICE_TOKEN"
+    else:
+        token, source = SANDBOX_DEFAULT_TOKEN, "the sandbox default, see --help"
+    try:
+        sandbox = Sandbox(world, token=token, host=args.host, grpc_port=args.grpc_port, web_port=args.web_port)
+    except ValueError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    try:
+        await sandbox.start()
+    except OSError as exc:  # most often a port already in use: a runtime condition, not a usage error
+        print(f"sandbox: cannot listen on {args.host}: {exc}", file=sys.stderr)
+        return 1
+    stop = stop_on_signals()
+    try:
+        # One line that scripts (and tests) can wait for and parse; the token is named by its source only.
+        print(f"沙盒已启动 / sandbox running: puppet service {sandbox.endpoint}  web chat {sandbox.web_url}  "
+              f"(token from {source}). Ctrl-C stops it.", flush=True)
+        await stop.wait()
+    finally:
+        await sandbox.stop()
+    print("已停止 / stopped.", flush=True)
+    return 0
+
+
 async def cmd_run_district(args: argparse.Namespace) -> int:
     """Several stations from a district file: every one in this process, or only --station."""
     from bot.app import App, puppet_for
@@ -355,11 +423,8 @@ async def cmd_run_district(args: argparse.Namespace) -> int:
     except ConnectionFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: [app.reload() for app in apps])
+    stop = stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: [app.reload() for app in apps])
     code = 0
     try:
         for app in apps:
@@ -413,11 +478,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from handlers.runtime import clock_from_env
 
     app = App(args.config, puppet=puppet, sandbox=sandbox, clock=clock_from_env())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload)  # `kill -HUP <pid>` reloads config.yaml
+    stop = stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.reload)  # `kill -HUP <pid>` reloads config.yaml
     code = 0
     try:
         await app.start()

@@ -39,6 +39,12 @@ INTAKE_QUEUE_SIZE = 1024
 # At most this many messages in one transaction: large enough to amortise the commit under load, small
 # enough that a batch stays well under a second.
 MAX_BATCH = 256
+# Under steady traffic (messages closer than LINGER_BELOW_GAP apart on average) the intake waits this long
+# for company before a batch: a transaction costs ~3 ms however few messages it holds, so two or three
+# messages per batch instead of one halve the CPU per message at a few hundred messages a second, for a few
+# milliseconds of latency. Quiet groups (the usual case) never wait.
+LINGER_SECONDS = 0.004
+LINGER_BELOW_GAP = 0.005
 DATABASE_RETRY_SECONDS = 600
 DRAIN_ON_STOP_SECONDS = 10
 
@@ -94,11 +100,14 @@ class App:
         self.reloaded = asyncio.Event()  # set whenever a new config version goes live
         self.watching = asyncio.Event()  # set once the config file watcher is running
         self.timers_wake = asyncio.Event()  # set to check due timers now (tests moving a fake clock)
+        self.timers_ran = asyncio.Event()  # set after every round of the timer jobs
         self.station: Station | None = None
         self.connection: Connection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._owns_sandbox = False
         self._intake: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=INTAKE_QUEUE_SIZE)
+        self._last_arrival = 0.0
+        self._mean_gap = 1.0  # seconds between arrivals, exponentially weighted
         self.handled: asyncio.Queue[tuple[Inbound, str]] | None = None  # tests may set one to observe outcomes
         self.metrics = Metrics()
         self.web: AdminWeb | None = None
@@ -145,7 +154,9 @@ class App:
         self._tasks.append(
             asyncio.create_task(run_sender(self.station, self.connection, self.connection.logged_in), name="sender")
         )
-        self._tasks.append(asyncio.create_task(run_timers(self.station, self.timers_wake), name="timers"))
+        self._tasks.append(
+            asyncio.create_task(run_timers(self.station, self.timers_wake, self.timers_ran), name="timers")
+        )
         if self.watch:
             self._tasks.append(asyncio.create_task(self.watch_config(), name="config-watch"))
         if config.web.enabled:
@@ -211,12 +222,18 @@ class App:
 
     async def _on_inbound(self, inbound: Inbound) -> None:
         self.metrics.message_in(private=inbound.is_private)
+        now = asyncio.get_running_loop().time()
+        self._mean_gap = 0.9 * self._mean_gap + 0.1 * min(now - self._last_arrival, 1.0)
+        self._last_arrival = now
         await self._intake.put(inbound)
 
     async def _run_intake(self) -> None:
         """The one consumer of loaded messages: whatever is waiting goes through the pipeline as one batch."""
         while True:
             batch = [await self._intake.get()]
+            if self._intake.empty() and self._mean_gap < LINGER_BELOW_GAP:
+                await asyncio.sleep(LINGER_SECONDS)
+            await self.station.urgent_first.wait_turn()  # type: ignore[union-attr]  # replies and pings first
             while len(batch) < MAX_BATCH and not self._intake.empty():
                 batch.append(self._intake.get_nowait())
             try:

@@ -135,6 +135,7 @@ class Connection:
         finally:
             for loader in loaders:
                 loader.cancel()
+            await asyncio.gather(*loaders, return_exceptions=True)
 
     @property
     def pending_events(self) -> int:

@@ -17,7 +17,9 @@ from handlers.weekly_report import send_weekly_report
 log = logging.getLogger(__name__)
 
 
-async def run_timers(station: Station, wake: asyncio.Event) -> None:
+async def run_timers(station: Station, wake: asyncio.Event, rounds: asyncio.Event | None = None) -> None:
+    """Every tick (or when ``wake`` is set): each job once. ``rounds`` is set after every round (tests wait for
+    the first one: which officers were on duty at start-up is recorded then)."""
     while True:
         wake.clear()
         for job in (run_due, send_digests, run_due_tickets, send_weekly_report):
@@ -25,6 +27,8 @@ async def run_timers(station: Station, wake: asyncio.Event) -> None:
                 await job(station)
             except Exception:
                 log.exception("timer job %s failed; retrying at the next tick", job.__name__)
+        if rounds is not None:
+            rounds.set()
         try:
             await asyncio.wait_for(wake.wait(), station.current.config.escalation.tick_seconds)
         except TimeoutError:

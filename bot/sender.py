@@ -9,11 +9,16 @@ Waits use the station's clock, so tests drive pacing by moving a fake clock and 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
+from contextlib import nullcontext
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.broadcasts import finish_if_done
 from handlers.runtime import Station
@@ -24,6 +29,13 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 IDLE_CHECK_SECONDS = 5.0  # also picks up rows left by a crash or written by another process
+ROUND_SIZE = 50  # rows read (and at most claimed) per round
+SETTLE_EVERY_SECONDS = 5.0  # how often to look for rows a dead sender left 'sending'
+# How long one attempt (membership check and send) may take. Well under STALE_CLAIM: a row still 'sending'
+# after STALE_CLAIM is taken for a dead sender's and queued again, so a slow but alive sender must have given
+# up on it long before, or it would go out twice. A send the service accepts after we gave up can still be
+# repeated by the retry; the echo receipts only settle rows whose sender died.
+SEND_TIMEOUT = outbox.STALE_CLAIM / 3
 
 
 class Transport(Protocol):
@@ -46,104 +58,195 @@ def backoff(attempt: int) -> timedelta:
 
 
 class Pacer:
-    """When the next group / private message may go. In memory: the caps are checked in the database."""
+    """When the next group / private message may go. The intervals are in memory; the per-minute and per-day
+    caps are counted in the database (other processes send too) once per round and kept up to date locally."""
 
     def __init__(self, station: Station, rng: random.Random | None = None) -> None:
         self.station = station
         self.rng = rng or random.Random()
         self.next_group: datetime | None = None
         self.next_private: datetime | None = None
+        self.group_last_minute = 0
+        self.group_last_day = 0
 
-    async def waits(self, account: str, now: datetime) -> dict[tuple[bool, bool], float]:
-        """Seconds until the next message may go, by (is_room, urgent): computed once per round, not per row."""
+    async def count_caps(self, session: AsyncSession, account: str, now: datetime) -> None:
+        """Group messages sent in the last minute and day, by any process of this account."""
+        self.group_last_minute = await outbox.sent_since(session, account, True, now - timedelta(minutes=1))
+        self.group_last_day = await outbox.sent_since(session, account, True, now - timedelta(days=1))
+
+    def wait(self, row: OutboxMessage, now: datetime) -> float:
+        """Seconds until ``row`` may go (0: now). Urgent rows are exempt from the daily cap only."""
+        if not row.is_room:
+            return max(0.0, (self.next_private - now).total_seconds()) if self.next_private else 0.0
         settings = self.station.current.config.outbox
-        private = max(0.0, (self.next_private - now).total_seconds()) if self.next_private else 0.0
-        group = max(0.0, (self.next_group - now).total_seconds()) if self.next_group else 0.0
-        async with self.station.db.session() as session:
-            if await outbox.sent_since(session, account, True, now - timedelta(minutes=1)) >= settings.group_per_minute:
-                group = max(group, 5.0)
-            over_day = await outbox.sent_since(session, account, True, now - timedelta(days=1)) >= settings.group_per_day
-        return {(False, True): private, (False, False): private, (True, True): group,
-                (True, False): max(group, 60.0) if over_day else group}
+        wait = max(0.0, (self.next_group - now).total_seconds()) if self.next_group else 0.0
+        if self.group_last_minute >= settings.group_per_minute:
+            wait = max(wait, 5.0)
+        if row.priority > outbox.PRIORITY_URGENT and self.group_last_day >= settings.group_per_day:
+            wait = max(wait, 60.0)
+        return wait
 
     def sent(self, row: OutboxMessage, now: datetime) -> None:
         settings = self.station.current.config.outbox
         if row.is_room:
             jitter = self.rng.uniform(0, settings.group_jitter.total_seconds())
             self.next_group = now + settings.group_interval + timedelta(seconds=jitter)
+            self.group_last_minute += 1
+            self.group_last_day += 1
         else:
             self.next_private = now + settings.private_interval
 
 
 async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> float | None:
-    """Send everything that may go now; returns seconds until the next paced row may go (None: nothing waits)."""
+    """Send everything that may go now; returns seconds until the next paced row may go (None: nothing waits).
+
+    A round: one read (the next rows in send order, and the caps when a group row is among them), one claim
+    of every row whose turn it is, their sends one after another, and one transaction recording them all.
+    Per-row transactions queued behind the intake's batches and capped the sender at a few dozen messages a
+    second under load. Urgent rows go before the intake's next batch (``Station.urgent_first``). A failed
+    send ends the round (the connection is likely gone): the rows not attempted are given back."""
     while True:
+        station.outbox_ready.clear()  # rows committed from here on announce themselves again
         now = station.now()
         async with station.db.session() as session:
-            rows = await outbox.next_pending(session, station.id, now, limit=50)
+            rows = await outbox.next_pending(session, station.id, now, limit=ROUND_SIZE)
+            if any(row.is_room for row in rows):
+                await pacer.count_caps(session, station.id, now)
         if not rows:
             return None
-        waits = await pacer.waits(station.id, now)
-        chosen, soonest = None, None
-        for row in rows:
-            wait = waits[(row.is_room, row.priority <= outbox.PRIORITY_URGENT)]
-            if wait <= 0:
-                chosen = row
-                break
-            soonest = wait if soonest is None else min(soonest, wait)
-        if chosen is None:
+        due: list[OutboxMessage] = []
+        soonest: float | None = None
+        plan = copy.copy(pacer)  # the slots this round would take; the real pacer counts only what went
+        for row in rows:  # in send order: urgent first, then oldest
+            wait = plan.wait(row, now)
+            if wait > 0:
+                soonest = wait if soonest is None else min(soonest, wait)
+                continue
+            due.append(row)
+            plan.sent(row, now)
+        if not due:
             return soonest
-        async with station.db.session() as session, session.begin():
-            if not await outbox.claim(session, chosen.id, now):
-                continue  # another process has it
-        await _send(station, transport, pacer, chosen, now)
-
-
-async def _send(station: Station, transport: Transport, pacer: Pacer, row: OutboxMessage, started: datetime) -> None:
-    """Send one claimed row. Pacing counts from ``started`` (the claim), so a slow send does not stretch it."""
-    try:
-        if row.broadcast_id is not None and row.is_room and not await transport.is_member(row.conversation_id):
+        urgent = any(row.priority <= outbox.PRIORITY_URGENT for row in due)
+        async with station.urgent_first.sending() if urgent else nullcontext():
             async with station.db.session() as session, session.begin():
-                await outbox.mark_attempt_failed(session, row.id, "the bot is no longer in this group", None,
-                                                 skipped=True)
-                await finish_if_done(session, station, row.broadcast_id)
-            station.metrics.send_failed(row.kind, final=True)
-            return
-        message_id = await transport.send(row.conversation_id, row.text, is_room=row.is_room,
-                                          mentions=list(row.mentions or []))
+                claimed = await outbox.claim_many(session, [row.id for row in due], now)
+            results: list[_Result] = []
+            for row in due:
+                if row.id not in claimed:
+                    continue  # another process has it
+                results.append(result := await _deliver(transport, row))
+                if result.error is not None:
+                    break
+            unsent = [row.id for row in due if row.id in claimed and row.id not in {r.row.id for r in results}]
+            async with station.db.session() as session, session.begin():
+                recorded = [await _record(session, station, result, now) for result in results]
+                await outbox.release(session, unsent, now)
+        for result, was_recorded in zip(results, recorded, strict=True):
+            _count(station, result, was_recorded)
+            if result.error is None and not result.not_member:
+                pacer.sent(result.row, now)  # pacing counts from the claim, so a slow send does not stretch it
+        _reraise_if_cancelled()  # Python 3.11's wait_for returns a result that lands with a cancellation
+        # something went (the pacing changed, more rows may be due), or others claimed them: look again
+
+
+class _NotMember(Exception):
+    """The bot has left the group a broadcast copy is for: skip it, do not retry."""
+
+
+async def _attempt(transport: Transport, row: OutboxMessage) -> str | None:
+    if row.broadcast_id is not None and row.is_room and not await transport.is_member(row.conversation_id):
+        raise _NotMember
+    return await transport.send(row.conversation_id, row.text, is_room=row.is_room,
+                                mentions=list(row.mentions or []))
+
+
+@dataclass
+class _Result:
+    row: OutboxMessage
+    message_id: str | None = None
+    error: str | None = None  # the attempt failed (retried later, or given up)
+    not_member: bool = False  # a broadcast copy for a group the bot has left: skipped
+    retry_at: datetime | None = None
+
+
+async def _deliver(transport: Transport, row: OutboxMessage) -> _Result:
+    """One attempt at one claimed row, bounded by SEND_TIMEOUT."""
+    try:
+        return _Result(row, message_id=await asyncio.wait_for(_attempt(transport, row), SEND_TIMEOUT.total_seconds()))
+    except _NotMember:
+        return _Result(row, not_member=True)
     except Exception as exc:
         _reraise_if_cancelled()
-        attempt = row.attempts + 1
-        retry_at = station.now() + backoff(attempt) if attempt < MAX_ATTEMPTS else None
-        log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, attempt, exc)
-        async with station.db.session() as session, session.begin():
-            await outbox.mark_attempt_failed(session, row.id, f"{type(exc).__name__}: {exc}", retry_at)
-            if retry_at is None and row.broadcast_id is not None:
-                await finish_if_done(session, station, row.broadcast_id)
-        station.metrics.send_failed(row.kind, final=retry_at is None)
-        return
-    pacer.sent(row, started)
-    now = station.now()
-    async with station.db.session() as session, session.begin():
-        await outbox.mark_sent(session, row.id, now, message_id)
-        if row.broadcast_id is not None:
+        # a timed-out attempt is a failed one, retried after the usual backoff (wait_for's error has no text)
+        error = (f"no answer within {SEND_TIMEOUT}" if isinstance(exc, TimeoutError)
+                 else f"{type(exc).__name__}: {exc}")
+        log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, row.attempts + 1,
+                    error)
+        return _Result(row, error=error)
+
+
+async def _record(session: AsyncSession, station: Station, result: _Result, claimed_at: datetime) -> bool:
+    """Record one attempt. Conditional on our claim still holding: if another process has taken the row over
+    meanwhile, its record stands and ours is dropped (returns False)."""
+    row = result.row
+    if result.not_member:
+        assert row.broadcast_id is not None  # only broadcast copies are checked
+        recorded = await outbox.mark_attempt_failed(session, row.id, "the bot is no longer in this group", None,
+                                                    skipped=True, claimed_at=claimed_at)
+        if recorded:
             await finish_if_done(session, station, row.broadcast_id)
-    station.metrics.sent(row.kind)
+        return recorded
+    if result.error is not None:
+        attempt = row.attempts + 1
+        result.retry_at = station.now() + backoff(attempt) if attempt < MAX_ATTEMPTS else None
+        recorded = await outbox.mark_attempt_failed(session, row.id, result.error, result.retry_at,
+                                                    claimed_at=claimed_at)
+        if recorded and result.retry_at is None and row.broadcast_id is not None:
+            await finish_if_done(session, station, row.broadcast_id)
+        if not recorded:
+            log.warning("outbox #%s was taken over by another sender; its failure here is not recorded", row.id)
+        return recorded
+    recorded = await outbox.mark_sent(session, row.id, station.now(), result.message_id, claimed_at=claimed_at)
+    if recorded and row.broadcast_id is not None:
+        await finish_if_done(session, station, row.broadcast_id)
+    if not recorded:
+        log.warning("outbox #%s was taken over by another sender before its send here was recorded", row.id)
+    return recorded
+
+
+def _count(station: Station, result: _Result, recorded: bool) -> None:
+    if result.not_member:
+        station.metrics.send_failed(result.row.kind, final=True)
+    elif result.error is not None:
+        station.metrics.send_failed(result.row.kind, final=recorded and result.retry_at is None)
+    else:
+        station.metrics.sent(result.row.kind)
+
+
+async def settle_stale(station: Station) -> None:
+    """Settle the rows a dead sender left 'sending', and finish the broadcasts whose last delivery that was."""
+    async with station.db.session() as session, session.begin():
+        settled, requeued, broadcast_ids = await outbox.reconcile_stale(session, station.id, station.now())
+        for broadcast_id in broadcast_ids:  # in id order, as every sender locks broadcasts
+            await finish_if_done(session, station, broadcast_id)
+    if settled or requeued:
+        log.info("outbox: %s interrupted sends confirmed by their echo, %s queued again", settled, requeued)
 
 
 async def run_sender(station: Station, transport: Transport, ready: asyncio.Event) -> None:
     """Forever: wait until connected, settle rows a dead sender left behind, then drain whenever new rows
     are announced, a paced row's turn comes, or periodically."""
     pacer = Pacer(station)
+    loop = asyncio.get_running_loop()
+    settled_at: float | None = None
     while True:
         await ready.wait()
         station.outbox_ready.clear()
         wait: float | None = None
         try:
-            async with station.db.session() as session, session.begin():
-                settled, requeued = await outbox.reconcile_stale(session, station.id, station.now())
-            if settled or requeued:
-                log.info("outbox: %s interrupted sends confirmed by their echo, %s queued again", settled, requeued)
+            if settled_at is None or loop.time() - settled_at >= SETTLE_EVERY_SECONDS:
+                await settle_stale(station)
+                settled_at = loop.time()
             wait = await drain_once(station, transport, pacer)
         except Exception:
             _reraise_if_cancelled()

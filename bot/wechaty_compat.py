@@ -14,17 +14,24 @@ python-wechaty is unmaintained; as published it fails to import on 3.11:
 * Its loggers are configured at import from ``WECHATY_LOG`` (default info, very chatty), and
   ``PuppetService`` logs the puppet token in a warning whenever token and endpoint are both set: we default
   ``WECHATY_LOG`` to warn and redact tokens from its records.
+* grpclib (0.4.x, under python-wechaty) wakes a call whose connection was lost by cancelling the calling
+  *task* and re-raising the cancellation as ``StreamTerminatedError``, without 3.11's ``Task.uncancel()``:
+  the task stays "cancelling", and our loops that tell a stop from an error by ``task.cancelling()`` (the
+  outbox sender) ended for good on the first send that met a dropped connection. We undo exactly the
+  cancellations grpclib requested (:func:`_uncancel_grpclib_wakeups`).
 
 Import :func:`load_wechaty` instead of ``wechaty`` anywhere in the project.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, TracebackType
+from typing import Any
 
 _patched = False
 
@@ -48,7 +55,48 @@ def prepare(cache_dir: str | Path | None = None) -> None:
     import wechaty_puppet_service  # noqa: F401  (creates the PuppetService logger)
 
     logging.getLogger("PuppetService").addFilter(_redact_tokens)
+    _uncancel_grpclib_wakeups()
     _patched = True
+
+
+def _uncancel_grpclib_wakeups() -> None:
+    """Make grpclib's ``Wrapper`` take back the task cancellations it uses as wake-ups.
+
+    ``Wrapper.cancel(error)`` (connection lost, deadline passed) calls ``task.cancel()`` on every task inside
+    the wrapper; ``Wrapper.__exit__`` then raises ``error`` in place of the ``CancelledError``. We count the
+    cancels per task and, when that ``CancelledError`` arrives in ``__exit__``, ``uncancel()`` them, so that
+    the task's ``cancelling()`` again counts only real cancellations (a stop arriving at the same moment is
+    kept). Idempotent.
+    """
+    from grpclib import utils
+
+    wrapper = utils.Wrapper
+    if getattr(wrapper, "_gonghao_uncancels", False):
+        return
+    original_cancel = wrapper.cancel
+    original_exit = wrapper.__exit__
+
+    def cancel(self: Any, error: Exception) -> None:
+        woken: dict[asyncio.Task[Any], int] = self.__dict__.setdefault("_gonghao_woken", {})
+        for task in self._tasks:
+            if not task.done():  # Task.cancel() counts only on a task that is not done
+                woken[task] = woken.get(task, 0) + 1
+        original_cancel(self, error)
+
+    def exit_(self: Any, exc_type: type[BaseException] | None, exc_val: BaseException | None,
+              exc_tb: TracebackType | None) -> None:
+        task = asyncio.current_task()
+        woken: dict[asyncio.Task[Any], int] = self.__dict__.get("_gonghao_woken", {})
+        # Only when the wake-up was delivered here: a cancel not delivered yet would still arrive later.
+        if task is not None and task in woken and exc_type is asyncio.CancelledError and self._error is not None:
+            for _ in range(woken.pop(task)):
+                if task.cancelling():
+                    task.uncancel()
+        original_exit(self, exc_type, exc_val, exc_tb)
+
+    wrapper.cancel = cancel  # type: ignore[method-assign]
+    wrapper.__exit__ = exit_  # type: ignore[method-assign,assignment]
+    wrapper._gonghao_uncancels = True  # type: ignore[attr-defined]
 
 
 _secrets: set[str] = set()

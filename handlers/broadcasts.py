@@ -116,14 +116,16 @@ async def latest_draft(session: AsyncSession, live: ConfigVersion, created_by: s
 
 
 async def confirm(session: AsyncSession, live: ConfigVersion, broadcast: Broadcast, now: datetime,
-                  peers: dict[str, ConfigVersion] | None = None) -> int:
-    """Queue one delivery per group; returns how many. Conditional on the draft still being a draft."""
+                  peers: dict[str, ConfigVersion] | None = None) -> int | None:
+    """Queue one delivery per group; returns how many. Conditional on the draft still being a draft: None if
+    it no longer is (confirmed or cancelled meanwhile, e.g. by a double-tapped 确认), so that the caller can
+    tell that apart from a confirmed warning with no group to go to."""
     config = live.config
     claimed = await session.execute(
         update(Broadcast).where(Broadcast.id == broadcast.id, Broadcast.status == BroadcastStatus.draft)
         .values(status=BroadcastStatus.sending, confirmed_at=now).execution_options(synchronize_session=False))
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        return 0
+        return None
     text = group_text(config, broadcast)
     count = 0
     for station_id, group in targets(live, broadcast, peers or {}):

@@ -221,6 +221,9 @@ async def _broadcast_command(session: AsyncSession, live: ConfigVersion, officer
             answer(config.texts.broadcast_no_draft)
             return "broadcast_no_draft"
         count = await broadcasts.confirm(session, live, draft, now, peers)
+        if count is None:  # another 确认 took the draft first: for this one there is no draft left
+            answer(config.texts.broadcast_no_draft)
+            return "broadcast_no_draft"
         answer(say(config.texts.broadcast_started, {"id": draft.id, "count": count}))
         return "broadcast_confirmed"
     if command.name == "cancel":

@@ -114,22 +114,30 @@ def settings_of(live: ConfigVersion) -> InquirySettings:
     return tickets.settings_of(live.config)
 
 
-async def on_room_message(
-    session: AsyncSession, live: ConfigVersion, inbound: Inbound, group: GroupConfig | None, now: datetime,
-    row_id: int | None,
-) -> str | None:
-    """A resident's group message no route matched: an inquiry (answered or acknowledged in the group, a
-    ticket opened and its officer pinged, all in the caller's transaction) or ``None`` (stay quiet)."""
+def room_inquiry(live: ConfigVersion, inbound: Inbound, group: GroupConfig | None) -> Detection | None:
+    """Whether a resident's group message no route matched asks the police something (no database: the
+    pipeline decides with it, before storing, that most chat needs nothing more)."""
     settings = settings_of(live)
     if not settings.enabled or group is None or not inbound.room_id:
         return None
     if inbound.sender_id in live.officers_by_wechat:
         return None  # officers answer questions, they do not open tickets
-    officer_ids = set(live.officers_by_wechat)
     detection = detect(inbound.text, settings, mentions_bot=inbound.mentions_bot,
-                       mentions_officer=any(m in officer_ids for m in inbound.mentions))
-    if not detection.is_inquiry:
+                       mentions_officer=any(m in live.officers_by_wechat for m in inbound.mentions))
+    return detection if detection.is_inquiry else None
+
+
+async def on_room_message(
+    session: AsyncSession, live: ConfigVersion, inbound: Inbound, group: GroupConfig | None, now: datetime,
+    row_id: int | None, detection: Detection | None = None,
+) -> str | None:
+    """A resident's group message no route matched: an inquiry (answered or acknowledged in the group, a
+    ticket opened and its officer pinged, all in the caller's transaction) or ``None`` (stay quiet).
+    ``detection``: :func:`room_inquiry`'s answer when the caller has it already."""
+    detection = detection or room_inquiry(live, inbound, group)
+    if detection is None or group is None:
         return None
+    settings = settings_of(live)
     match = knowledge_for(settings.knowledge_base).match(inbound.text, settings.match_threshold)
     opened = await tickets.open_ticket(session, live, inbound, group, now, row_id,
                                        detected_by=detection.reason, match=match)

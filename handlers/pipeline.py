@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,8 @@ from handlers import inquiries
 from handlers.commands import handle_private
 from handlers.inbound import Inbound
 from handlers.incidents import report
+from handlers.inquiries import Detection
+from handlers.routing import Decision
 from handlers.runtime import ConfigVersion, Station
 from models.outbox import text_hash
 from models.tables import EchoReceipt, InboundMessage
@@ -113,26 +115,45 @@ async def _repeated_texts(session: AsyncSession, live: ConfigVersion, batch: Seq
     return repeated
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a message needs, decided before it is stored: most chat needs nothing more than its row."""
+
+    outcome: str | None  # final when nothing else is needed (written with the row)
+    decision: Decision | None = None  # a report: routes matched
+    inquiry: Detection | None = None  # a question for the police
+
+
+def _plan(live: ConfigVersion, inbound: Inbound, group: GroupConfig | None) -> _Plan:
+    if inbound.is_private:
+        return _Plan(None)  # officers' commands, residents' private words
+    if inbound.kind != "text" or not inbound.text.strip():
+        return _Plan("not_text")
+    if inbound.sender_id in live.officers_by_wechat:
+        return _Plan(None)  # an answer to a resident's question, or a prevention post
+    decision = live.router.classify(inbound.text, group.id if group else None, inbound.sent_at)
+    if decision.matches:
+        return _Plan(None, decision=decision)
+    inquiry = inquiries.room_inquiry(live, inbound, group)
+    return _Plan("quiet") if inquiry is None else _Plan(None, inquiry=inquiry)
+
+
 async def _decide(session: AsyncSession, live: ConfigVersion, station: Station, inbound: Inbound,
-                  group: GroupConfig | None, now: datetime, row_id: int,
+                  group: GroupConfig | None, plan: _Plan, now: datetime, row_id: int,
                   opened: list[tuple[str, int]]) -> str:
-    """What one stored message causes, written in the batch's transaction; returns the outcome."""
+    """What one stored message causes beyond its row, written in the batch's transaction; the outcome."""
     if inbound.is_private:
         return await handle_private(session, live, inbound, now, station.peers)
-    if inbound.kind != "text" or not inbound.text.strip():
-        return "not_text"
-    if (answered := await inquiries.on_officer_room_message(session, live, inbound, group, now)) is not None:
-        return answered  # an officer answering a resident's question in the group
     if inbound.sender_id in live.officers_by_wechat:
+        answered = await inquiries.on_officer_room_message(session, live, inbound, group, now)
         # Officers post warnings and safety advice in their groups ("冒充客服退款的都是诈骗，不要转账");
         # those are prevention posts, not reports.
-        return "officer_post"
-    decision = live.router.classify(inbound.text, group.id if group else None, inbound.sent_at)
-    if not decision.matches:
-        # not a report; perhaps a question for the police (answered or acknowledged, and ticketed)
-        return await inquiries.on_room_message(session, live, inbound, group, now, row_id) or "quiet"
+        return answered or "officer_post"
+    if plan.decision is None:
+        # not a report: a question for the police (answered or acknowledged, and ticketed)
+        return await inquiries.on_room_message(session, live, inbound, group, now, row_id, plan.inquiry) or "quiet"
     results = []
-    for position, match in enumerate(decision.matches):
+    for position, match in enumerate(plan.decision.matches):
         incident, joined = await report(
             session, live, inbound, group, match, now, row_id, reply_to_group=position == 0
         )
@@ -167,6 +188,7 @@ async def handle_batch(station: Station, batch: Sequence[Inbound]) -> list[str]:
         others = [k for k, m in enumerate(batch) if not m.is_self]
         repeated = await _repeated_texts(session, live, [batch[k] for k in others])
         groups: dict[int, GroupConfig | None] = {}
+        plans: dict[int, _Plan] = {}
         rows: list[dict[str, Any]] = []
         first_of: dict[str, int] = {}
         for position, k in enumerate(others):
@@ -180,11 +202,12 @@ async def handle_batch(station: Station, batch: Sequence[Inbound]) -> list[str]:
             first_of[message.message_id] = k
             group = live.group_for(message.room_id, message.room_topic) if message.room_id else None
             groups[k] = group
+            plans[k] = plan = _plan(live, message, group)
             rows.append({
                 "account": message.account, "message_id": message.message_id, "room_id": message.room_id,
                 "group_id": group.id if group else None, "sender_id": message.sender_id,
                 "sender_name": message.sender_name, "text": message.text, "kind": message.kind,
-                "sent_at": message.sent_at, "received_at": now,
+                "sent_at": message.sent_at, "received_at": now, "outcome": plan.outcome,
             })
         stored = await _store_new(session, station, InboundMessage, rows) if rows else {}
         by_outcome: dict[str, list[int]] = defaultdict(list)
@@ -193,7 +216,12 @@ async def handle_batch(station: Station, batch: Sequence[Inbound]) -> list[str]:
             if row_id is None:
                 outcomes[k] = "duplicate"
                 continue
-            outcomes[k] = await _decide(session, live, station, batch[k], groups[k], now, row_id, opened)
+            planned = plans[k].outcome
+            if planned is not None:
+                outcomes[k] = planned  # stored with the row
+                continue
+            outcomes[k] = await _decide(session, live, station, batch[k], groups[k], plans[k], now, row_id,
+                                        opened)
             by_outcome[outcomes[k][:64]].append(row_id)
         for outcome, row_ids in by_outcome.items():
             await session.execute(_SET_OUTCOME, {"ids": row_ids, "outcome": outcome})

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -85,6 +86,34 @@ class ConfigVersion:
         return None
 
 
+class UrgentFirst:
+    """Urgent sends (replies to reports, pings) go before the next intake batch.
+
+    Under load the intake always has a batch ready, and on SQLite the process has one connection: the
+    sender's claim and record would each queue behind a batch, and a reply waited seconds. The sender holds
+    :meth:`sending` around an urgent row; the intake calls :meth:`wait_turn` before each batch. Broadcast
+    copies do not take this lane, so a long broadcast never starves the intake."""
+
+    def __init__(self) -> None:
+        self._sending = 0
+        self._clear = asyncio.Event()
+        self._clear.set()
+
+    @contextlib.asynccontextmanager
+    async def sending(self) -> AsyncIterator[None]:
+        self._sending += 1
+        self._clear.clear()
+        try:
+            yield
+        finally:
+            self._sending -= 1
+            if not self._sending:
+                self._clear.set()
+
+    async def wait_turn(self) -> None:
+        await self._clear.wait()
+
+
 @dataclass
 class Station:
     """One station account's shared services. ``current`` is replaced whole on reload."""
@@ -93,6 +122,7 @@ class Station:
     db: Database
     clock: Clock = system_clock
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    urgent_first: UrgentFirst = field(default_factory=UrgentFirst)
     metrics: Metrics = field(default_factory=Metrics)  # one registry per station: tests run several
     # The other stations of the district (when run from a district file), for district-wide warnings.
     peers: dict[str, ConfigVersion] = field(default_factory=dict)

@@ -4,6 +4,10 @@ A row is ``pending`` until a sender claims it (``sending``, conditional on it st
 processes never both send it), then ``sent`` or, after its retries, ``failed``. A row left ``sending`` by a
 process that died is settled from the echo receipts (the puppet service sends the bot's own messages back)
 or else returned to ``pending``.
+
+A claim is identified by its ``claimed_at``: a stale claim is only taken over ``STALE_CLAIM`` after it was
+made, so any later claim of the same row has a later ``claimed_at``. Settling a claimed row is conditional
+on that claim still holding, so a sender that was too slow cannot undo what another process did since.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.tables import BroadcastDelivery, EchoReceipt, OutboxMessage, OutboxStatus
@@ -86,47 +91,100 @@ async def claim(session: AsyncSession, row_id: int, now: datetime) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-async def mark_sent(session: AsyncSession, row_id: int, now: datetime, sent_message_id: str | None) -> None:
-    await session.execute(
+async def claim_many(session: AsyncSession, row_ids: list[int], now: datetime) -> set[int]:
+    """Claim the rows still pending among ``row_ids`` (one statement); the ids this claim got."""
+    if not row_ids:
+        return set()
+    result = await session.execute(
         update(OutboxMessage)
-        .where(OutboxMessage.id == row_id)
+        .where(OutboxMessage.id.in_(row_ids), OutboxMessage.status == OutboxStatus.pending)
+        .values(status=OutboxStatus.sending, claimed_at=now)
+        .returning(OutboxMessage.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(result.scalars().all())
+
+
+async def release(session: AsyncSession, row_ids: list[int], claimed_at: datetime) -> None:
+    """Give back claimed rows that were not attempted (pending again, no attempt counted)."""
+    if row_ids:
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(row_ids), OutboxMessage.status == OutboxStatus.sending,
+                   OutboxMessage.claimed_at == claimed_at)
+            .values(status=OutboxStatus.pending)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _still_claimed(row_id: int, claimed_at: datetime | None) -> list[ColumnElement[bool]]:
+    """The row, and (given the claim's time) only while it is still ``sending`` under that claim."""
+    conditions = [OutboxMessage.id == row_id]
+    if claimed_at is not None:
+        conditions += [OutboxMessage.status == OutboxStatus.sending, OutboxMessage.claimed_at == claimed_at]
+    return conditions
+
+
+async def mark_sent(session: AsyncSession, row_id: int, now: datetime, sent_message_id: str | None, *,
+                    claimed_at: datetime | None = None) -> bool:
+    """Record a row as sent; returns whether it was. With ``claimed_at`` (what senders pass) only while the
+    row is still ``sending`` under that claim; without it unconditionally (for fixtures and tools)."""
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(*_still_claimed(row_id, claimed_at))
         .values(status=OutboxStatus.sent, sent_at=now, sent_message_id=sent_message_id,
                 attempts=OutboxMessage.attempts + 1)
         .execution_options(synchronize_session=False)
     )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False  # settled or taken over by another process meanwhile: its record stands
     await session.execute(
         update(BroadcastDelivery).where(BroadcastDelivery.outbox_id == row_id)
         .values(status="sent", sent_at=now, attempts=BroadcastDelivery.attempts + 1)
         .execution_options(synchronize_session=False)
     )
+    return True
 
 
 async def mark_attempt_failed(
-    session: AsyncSession, row_id: int, error: str, retry_at: datetime | None, *, skipped: bool = False
-) -> None:
-    """Record a failed attempt; with ``retry_at`` the row is pending again from then, without it it has failed."""
+    session: AsyncSession, row_id: int, error: str, retry_at: datetime | None, *, skipped: bool = False,
+    claimed_at: datetime | None = None,
+) -> bool:
+    """Record a failed attempt; with ``retry_at`` the row is pending again from then, without it it has failed.
+    Returns whether it was recorded: with ``claimed_at`` only while the row is still ``sending`` under that
+    claim, so a late failure cannot send back to the queue a row another process has sent or claimed since."""
     values: dict[str, object] = {"attempts": OutboxMessage.attempts + 1, "last_error": error[:2000]}
     if retry_at is None:
         values["status"] = OutboxStatus.failed
     else:
         values["status"] = OutboxStatus.pending
         values["not_before"] = retry_at
-    await session.execute(update(OutboxMessage).where(OutboxMessage.id == row_id).values(**values)
-                          .execution_options(synchronize_session=False))
+    result = await session.execute(update(OutboxMessage).where(*_still_claimed(row_id, claimed_at))
+                                   .values(**values).execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
     delivery: dict[str, object] = {"attempts": BroadcastDelivery.attempts + 1, "reason": error[:2000]}
     if retry_at is None:
         delivery["status"] = "skipped" if skipped else "failed"
     await session.execute(update(BroadcastDelivery).where(BroadcastDelivery.outbox_id == row_id).values(**delivery)
                           .execution_options(synchronize_session=False))
+    return True
 
 
-async def reconcile_stale(session: AsyncSession, account: str, now: datetime) -> tuple[int, int]:
-    """Settle rows a dead sender left ``sending``: sent if its echo came back, else pending again.
-    Returns (settled as sent, returned to pending)."""
+class Reconciled(NamedTuple):
+    sent: int  # settled as sent from their echo
+    requeued: int  # returned to pending
+    broadcast_ids: list[int]  # broadcasts with a delivery settled as sent: the caller checks whether they are done
+
+
+async def reconcile_stale(session: AsyncSession, account: str, now: datetime) -> Reconciled:
+    """Settle rows a dead sender left ``sending``: sent if its echo came back, else pending again. Each step is
+    conditional on the stale claim still holding (another process may be settling the same rows)."""
     stale = (await session.scalars(
         select(OutboxMessage).where(OutboxMessage.account == account, OutboxMessage.status == OutboxStatus.sending,
                                     OutboxMessage.claimed_at <= now - STALE_CLAIM))).all()
     sent = requeued = 0
+    broadcast_ids: set[int] = set()
     for row in stale:
         echo = (await session.scalars(
             select(EchoReceipt).where(EchoReceipt.account == account, EchoReceipt.conversation_id == row.conversation_id,
@@ -134,14 +192,16 @@ async def reconcile_stale(session: AsyncSession, account: str, now: datetime) ->
                                       EchoReceipt.at >= (row.claimed_at or row.created_at) - timedelta(seconds=5))
             .order_by(EchoReceipt.id).limit(1))).first()
         if echo is not None:
-            await mark_sent(session, row.id, echo.at, echo.message_id)
-            sent += 1
+            if await mark_sent(session, row.id, echo.at, echo.message_id, claimed_at=row.claimed_at):
+                sent += 1
+                if row.broadcast_id is not None:
+                    broadcast_ids.add(row.broadcast_id)
         else:
-            await session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id,
-                                                              OutboxMessage.status == OutboxStatus.sending)
-                                  .values(status=OutboxStatus.pending).execution_options(synchronize_session=False))
-            requeued += 1
-    return sent, requeued
+            result = await session.execute(update(OutboxMessage).where(*_still_claimed(row.id, row.claimed_at))
+                                           .values(status=OutboxStatus.pending)
+                                           .execution_options(synchronize_session=False))
+            requeued += result.rowcount  # type: ignore[attr-defined]
+    return Reconciled(sent, requeued, sorted(broadcast_ids))
 
 
 async def sent_since(session: AsyncSession, account: str, is_room: bool, since: datetime) -> int:

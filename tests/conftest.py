@@ -176,6 +176,8 @@ async def env(tmp_path: Path, clock: FakeClock, default_config_text: str) -> Asy
     try:
         await app.start()
         await app.wait_logged_in()
+        # the first round of timers records who is on duty at the start (the return digest counts from it)
+        await asyncio.wait_for(app.timers_ran.wait(), 10)
         yield Env(sandbox, app, clock, config_path)
     finally:
         await app.stop()

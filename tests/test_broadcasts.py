@@ -10,11 +10,14 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from bot.sandbox import Sandbox, load_world
-from handlers import pipeline
+from handlers import broadcasts, pipeline
+from handlers.inbound import Inbound
 from models.db import Database
 from models.tables import Broadcast, BroadcastDelivery, OutboxMessage
 from tests.conftest import BOT, JINXIU, ROOT, Env, FakeClock, write_config
@@ -39,6 +42,67 @@ async def test_draft_confirm_and_scope(database: Database, clock: FakeClock) -> 
     assert [(d.group_id, d.status) for d in rows] == [("jinxiu", "queued"), ("fangdian", "queued")]
     assert await pipeline.handle(station, resident_says("确认", "w3", clock, **ZHOU)) == "broadcast_no_draft"
     assert len(await deliveries(database)) == 2  # a second 确认 sends nothing again
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+async def test_a_double_tapped_confirm_starts_once_and_the_second_finds_no_draft(
+        database: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two 确认 that both read the draft before either commits (held there until both have): one starts the
+    warning, the other loses the draft to it and answers as if there were none, not "开始发送，共0个群"."""
+    station = make_station(database, clock)
+    await pipeline.handle(station, resident_says("预警 近期有人冒充客服退款", "w1", clock, **ZHOU))
+    read_draft = broadcasts.latest_draft
+    readers = 0
+    both_read = asyncio.Event()
+
+    async def latest_draft_together(*args: Any, **kwargs: Any) -> Broadcast | None:
+        nonlocal readers
+        draft = await read_draft(*args, **kwargs)
+        readers += 1
+        if readers == 2:
+            both_read.set()
+        await both_read.wait()
+        return draft
+
+    monkeypatch.setattr(broadcasts, "latest_draft", latest_draft_together)
+    outcomes = await asyncio.gather(pipeline.handle(station, resident_says("确认", "w2", clock, **ZHOU)),
+                                    pipeline.handle(station, resident_says("确认", "w3", clock, **ZHOU)))
+    assert sorted(outcomes) == ["broadcast_confirmed", "broadcast_no_draft"]
+    assert len(await deliveries(database)) == 3  # queued once
+    async with database.session() as session:
+        preview, *replies = (await session.scalars(select(OutboxMessage.text).where(
+            OutboxMessage.kind == "command_reply", OutboxMessage.conversation_id == "wxid_officer_zhou")
+            .order_by(OutboxMessage.id))).all()
+    assert "近期有人冒充客服退款" in preview
+    started = [text for text in replies if "开始发送" in text]
+    assert len(started) == 1 and "共3个群" in started[0]
+    assert replies.count(station.current.config.texts.broadcast_no_draft) == 1 and len(replies) == 2
+
+
+async def test_a_delivery_settled_by_its_echo_finishes_the_broadcast(database: Database, clock: FakeClock) -> None:
+    """A sender that died between sending a warning's last copy and recording it leaves the copy 'sending';
+    when its echo settles it, the warning is finished and the officer told, as after a recorded send."""
+    from bot import sender
+    from models import outbox as queue
+
+    station = make_station(database, clock)
+    await pipeline.handle(station, resident_says("预警【锦绣】近期有人冒充客服退款", "w1", clock, **ZHOU))
+    assert await pipeline.handle(station, resident_says("确认", "w2", clock, **ZHOU)) == "broadcast_confirmed"
+    [delivery] = await deliveries(database)
+    async with database.session() as session, session.begin():
+        copy = await session.get(OutboxMessage, delivery.outbox_id)
+        assert copy is not None and await queue.claim(session, copy.id, clock())  # then the sender dies
+    echo = resident_says(copy.text, "echo-1", clock, room=copy.conversation_id, sender=BOT)
+    assert await pipeline.handle(station, Inbound(**{**echo.__dict__, "is_self": True})) == "self"
+    clock.current += queue.STALE_CLAIM
+    await sender.settle_stale(station)
+    [delivery] = await deliveries(database)
+    assert delivery.status == "sent"
+    async with database.session() as session:
+        broadcast = (await session.scalars(select(Broadcast))).one()
+        told = (await session.scalars(select(OutboxMessage).where(OutboxMessage.text.contains("发送完成")))).all()
+    assert broadcast.status == "done"
+    assert [(m.conversation_id, "成功1个群" in m.text) for m in told] == [("wxid_officer_zhou", True)]
 
 
 async def test_only_rostered_warning_officers_may_broadcast(database: Database, clock: FakeClock) -> None:

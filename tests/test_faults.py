@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import tempfile
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -14,12 +16,14 @@ from sqlalchemy import func, select
 
 from bot.app import App, PuppetTarget
 from bot.sandbox import Sandbox, load_world
+from bot.sender import run_sender
+from bot.wechaty_compat import prepare
 from handlers import pipeline
 from handlers.inbound import Inbound
 from models.db import Database
 from models.tables import InboundMessage, Incident, OutboxMessage
 from tests.conftest import BOT, JINXIU, WANG, Env, FakeClock, write_config
-from tests.test_storage import make_station, resident_says
+from tests.test_storage import make_station, outbox, resident_says
 
 
 async def test_bot_reconnects_when_the_puppet_service_comes_back(tmp_path: Path, clock: FakeClock,
@@ -220,3 +224,130 @@ async def test_a_hung_puppet_service_is_detected_and_reconnected(tmp_path: Path,
     finally:
         await app.stop()
         await sandbox.stop()
+
+
+class OwnLogWatch(logging.Handler):
+    """Collects what our own code (``bot.*``, ``handlers.*``) logs, so that a test can wait for a line instead of
+    guessing when it was written: python-wechaty handles each event in its own task, in no promised order."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.split(".")[0] in ("bot", "handlers") and record.levelno >= logging.WARNING:
+            self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+            self._changed.set()
+
+    async def wait_for(self, needle: str, timeout: float = 10) -> str:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    found = next((line for line in self.lines if needle in line), None)
+                    if found is not None:
+                        return found
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"nothing logged about {needle!r} in {timeout} s; logged: {self.lines}") from None
+
+
+async def test_a_message_the_service_cannot_find_is_logged_and_nothing_else_is_disturbed(env: Env) -> None:
+    """A message event whose payload the puppet service then cannot find (MessagePayload answers NOT_FOUND,
+    as for a message withdrawn between event and fetch), between two ordinary reports."""
+    connection = env.app.connection
+    assert connection is not None and env.app.station is not None
+    watch = OwnLogWatch()
+    logging.getLogger().addHandler(watch)
+    try:
+        start = env.sandbox.log.last_seq
+        first = await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
+        assert await env.outcome_of(first) == "incident:fire"
+        missing = env.sandbox.emit_unknown_message()
+        second = await env.sandbox.say("wxid_res_02", "一个三四岁的小男孩光着脚在外到处找妈妈", room=JINXIU)
+        assert await env.outcome_of(second) == "incident:lost_child"  # handled as usual, right after it
+        await env.bot_says(JINXIU, start, "孩子")
+        await env.bot_says(WANG, start, "警情 #2")
+        logged = await watch.wait_for(missing)
+        assert "NOT_FOUND" in logged, logged
+    finally:
+        logging.getLogger().removeHandler(watch)
+    # the event stream stayed up: no reconnect, no second login
+    assert connection.logins == 1 and connection.reconnects == 0 and connection.state == "connected"
+    # the phantom never reached the pipeline; both real reports did
+    async with env.app.station.db.session() as session:
+        stored = set((await session.scalars(select(InboundMessage.message_id))).all())
+    assert missing not in stored and {first, second} <= stored
+    assert [i.category for i in await env.incidents()] == ["fire", "lost_child"]
+
+
+class CutOffTransport:
+    """The sender's side of a link whose connection dies in the middle of the first send. The stuck call is woken
+    exactly as grpclib wakes it when the connection is lost: its ``Wrapper`` is cancelled with
+    ``StreamTerminatedError``, which cancels the calling task and raises the error in its place."""
+
+    def __init__(self) -> None:
+        from grpclib.utils import Wrapper
+
+        self.wrapper = Wrapper()
+        self.in_call = asyncio.Event()
+        self.sent: list[str] = []
+        self._changed = asyncio.Event()
+
+    async def send(self, conversation_id: str, text: str, *, is_room: bool, mentions: list[str]) -> str | None:
+        if not self.in_call.is_set():
+            self.in_call.set()
+            with self.wrapper:
+                await asyncio.Event().wait()  # the answer that never comes
+        self.sent.append(conversation_id)
+        self._changed.set()
+        return f"sent-{len(self.sent)}"
+
+    async def is_member(self, room_id: str) -> bool:
+        return True
+
+    async def wait_sent(self, count: int, timeout: float = 10) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.sent) < count:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"{len(self.sent)} sends within {timeout} s, expected {count}") from None
+
+
+async def test_a_send_cut_off_by_a_lost_connection_does_not_end_the_outbox_sender(database: Database,
+                                                                                   clock: FakeClock) -> None:
+    """A connection lost during a send leaves that row to retry; the sender goes on with the others and sends it
+    later. (grpclib left the sender's task "cancelling", so the sender took the failed send for a stop and ended
+    for good: nothing was sent again, even after reconnecting. bot/wechaty_compat.py takes that cancel back.)"""
+    from grpclib.exceptions import StreamTerminatedError
+
+    prepare(Path(tempfile.gettempdir()) / "gonghao-test-wechaty")  # the shims, as loading python-wechaty applies
+    station = make_station(database, clock)
+    assert await pipeline.handle(station, resident_says("楼道闻到一股烟焦味!", "cut-1", clock)) == "incident:fire"
+    transport = CutOffTransport()
+    connected = asyncio.Event()
+    connected.set()
+    sender = asyncio.create_task(run_sender(station, transport, connected))
+    try:
+        await asyncio.wait_for(transport.in_call.wait(), 10)
+        transport.wrapper.cancel(StreamTerminatedError("Connection lost"))
+        await transport.wait_sent(1)  # the other row goes on at once (the sender did not end)
+        clock.current += timedelta(minutes=5)  # the cut-off row's retry (and any pacing) is due
+        station.outbox_ready.set()
+        await transport.wait_sent(2)
+        rows = await outbox(database)
+        async with asyncio.timeout(10):  # the sender records a send just after the call returns
+            while [r.status for r in rows] != ["sent", "sent"]:
+                await asyncio.sleep(0.02)
+                rows = await outbox(database)
+        assert not sender.done() and sender.cancelling() == 0
+        assert [(r.attempts, (r.last_error or "").split(":")[0]) for r in rows if r.attempts > 1] == \
+            [(2, "StreamTerminatedError")]
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(sender, 10)
+    assert sender.cancelled()  # and a real stop still stops it

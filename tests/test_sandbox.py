@@ -595,3 +595,32 @@ async def test_pages(http: aiohttp.ClientSession) -> None:
     for path in ("/static/app.js", "/static/style.css"):
         async with http.get(path) as resp:
             assert resp.status == 200, path
+
+
+async def test_the_puppet_service_answers_without_nagle_delays(sandbox: Sandbox) -> None:
+    """asyncio turns Nagle off only on sockets whose proto is TCP; with proto 0 every unary call waited ~40 ms
+    for a delayed ACK (and every benchmark latency was that plus the work). Accepted connections inherit the
+    listening socket's proto, so check it and the option on a served connection."""
+    import socket
+
+    from grpclib.protocol import H2Protocol
+
+    listening = sandbox._grpc._server.sockets[0]  # type: ignore[union-attr]
+    assert listening.proto == socket.IPPROTO_TCP
+    served: list[int] = []
+    original = H2Protocol.connection_made
+
+    def connection_made(protocol: H2Protocol, transport: Any) -> None:
+        if transport.get_extra_info("sockname")[1] == sandbox.grpc_port:  # the server's end of the connection
+            served.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        original(protocol, transport)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(H2Protocol, "connection_made", connection_made)
+        channel = Channel(host="127.0.0.1", port=sandbox.grpc_port)
+        channel._authority = TOKEN  # type: ignore[attr-defined]  # the token travels as :authority
+        try:
+            await PuppetStub(channel).ding(data="nagle")
+        finally:
+            channel.close()
+    assert served == [1]

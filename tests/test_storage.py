@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from bot.config.loader import load_config
@@ -169,10 +170,94 @@ async def test_interrupted_send_is_settled_by_its_echo_or_sent_again(database: D
     assert await pipeline.handle(station, Inbound(**{**echo.__dict__, "is_self": True})) == "self"
     clock.current += timedelta(seconds=30)
     async with database.session() as session, session.begin():
-        assert await queue.reconcile_stale(session, "huamu", clock()) == (0, 0)  # too early to call it dead
+        assert await queue.reconcile_stale(session, "huamu", clock()) == (0, 0, [])  # too early to call it dead
     clock.current += timedelta(seconds=31)
     async with database.session() as session, session.begin():
-        assert await queue.reconcile_stale(session, "huamu", clock()) == (1, 1)
+        assert await queue.reconcile_stale(session, "huamu", clock()) == (1, 1, [])
     async with database.session() as session:
         states = {r.text: (r.status, r.sent_message_id) for r in (await session.scalars(select(Row))).all()}
     assert states == {"回复甲": ("sent", "echo-1"), "回复乙": ("pending", None)}
+
+
+class HeldTransport:
+    """A transport whose sends wait until the test lets them answer (with a message id, or an error)."""
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self.sent: list[str] = []
+        self.in_send = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.error: Exception | None = None
+
+    async def send(self, conversation_id: str, text: str, *, is_room: bool, mentions: list[str]) -> str | None:
+        self.sent.append(text)
+        self.in_send.set()
+        await self.answer.wait()
+        if self.error is not None:
+            raise self.error
+        return self.message_id
+
+    async def is_member(self, room_id: str) -> bool:
+        return True
+
+
+async def _queue_ping(database: Database, clock: FakeClock) -> None:
+    from models import outbox as queue
+
+    async with database.session() as session, session.begin():
+        queue.enqueue(session, account="huamu", conversation_id="wxid_officer_wang", is_room=False, text="请处理",
+                      now=clock(), kind="ping")
+
+
+async def test_a_send_without_answer_is_given_up_in_time_and_retried_later(
+        database: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A send must give up well before STALE_CLAIM: after that another process takes its row for a dead
+    sender's and sends it again. Giving up counts as a failed attempt, retried after the usual backoff."""
+    from bot import sender
+    from models import outbox as queue
+
+    assert sender.SEND_TIMEOUT * 3 <= queue.STALE_CLAIM
+    monkeypatch.setattr(sender, "SEND_TIMEOUT", timedelta(milliseconds=50))  # the send below never answers
+    station = make_station(database, clock)
+    await _queue_ping(database, clock)
+    never = HeldTransport("never")
+    # (the outer bound only turns a hang into a failure)
+    assert await asyncio.wait_for(sender.drain_once(station, never, sender.Pacer(station)), 30) is None
+    [row] = await outbox(database)
+    assert (row.status, row.attempts, row.not_before) == ("pending", 1, clock() + sender.backoff(1))
+    assert row.last_error is not None and row.last_error.startswith("no answer within")
+    assert never.sent == ["请处理"]
+
+
+@pytest.mark.parametrize("late", ["failure", "success"])
+async def test_a_late_answer_does_not_undo_another_senders_claim(
+        database: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, late: str) -> None:
+    """A sender that answers after its row was taken over (queued again as stale and claimed by another
+    process) records nothing: a late failure would put the row back in the queue for a third copy, a late
+    success would mark it sent under the other sender's feet."""
+    from bot import sender
+    from models import outbox as queue
+
+    monkeypatch.setattr(sender, "SEND_TIMEOUT", timedelta(minutes=10))  # the test decides when sends answer
+    first, second, third = (make_station(database, clock) for _ in range(3))  # three processes, one account
+    await _queue_ping(database, clock)
+    slow, other, later = HeldTransport("msg-1"), HeldTransport("msg-2"), HeldTransport("msg-3")
+    later.answer.set()
+    sending = asyncio.create_task(sender.drain_once(first, slow, sender.Pacer(first)))
+    await slow.in_send.wait()
+    clock.current += queue.STALE_CLAIM
+    await sender.settle_stale(second)  # no echo came back: queued again
+    taking_over = asyncio.create_task(sender.drain_once(second, other, sender.Pacer(second)))
+    await other.in_send.wait()
+    slow.error = RuntimeError("connection reset") if late == "failure" else None
+    slow.answer.set()
+    assert await sending is None
+    [row] = await outbox(database)
+    assert (row.status, row.claimed_at, row.attempts, row.sent_message_id) == ("sending", clock(), 0, None)
+    clock.current += sender.backoff(1)  # when a recorded late failure would have been retried
+    assert await sender.drain_once(third, later, sender.Pacer(third)) is None
+    assert later.sent == []
+    other.answer.set()
+    assert await taking_over is None
+    [row] = await outbox(database)
+    assert (row.status, row.attempts, row.sent_message_id) == ("sent", 1, "msg-2")

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web as aiohttp_web
+from wechaty_grpc.wechaty import puppet as pb
 
 from bot.sandbox.grpc_service import PuppetService, TokenServer
 from bot.sandbox.web import create_app
@@ -72,7 +74,10 @@ class Sandbox:
         if self._stopped:
             raise RuntimeError("a Sandbox cannot be restarted after stop(); create a new one")
 
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP,
+        # and with proto 0 every unary call waited ~40 ms for the client's delayed ACK.
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM,
+                             socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.grpc_port))
@@ -176,6 +181,17 @@ class Sandbox:
         Raises ``TimeoutError`` listing what was said there instead.
         """
         return await self.log.wait_for(conversation, predicate, after=after, timeout=timeout)
+
+    def emit_unknown_message(self) -> str:
+        """Announce a message that the service then cannot produce: fault injection for tests.
+
+        The event names an id that is in no log, so ``MessagePayload`` answers ``NOT_FOUND``, as a real
+        service does when a message expired or was withdrawn between its event and the client's fetch.
+        Nothing is logged to any conversation. Returns the id.
+        """
+        message_id = f"sbx-missing-{uuid.uuid4().hex}"  # never in the log, and unique like every sandbox id
+        self.puppet.emit(pb.EventType.EVENT_TYPE_MESSAGE, {"messageId": message_id})
+        return message_id
 
     async def join(self, room: str, contact_id: str, inviter: str | None = None) -> None:
         """``contact_id`` joins ``room`` (invited by ``inviter``, default the owner): a room-join event."""
