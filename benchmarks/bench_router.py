@@ -267,14 +267,9 @@ def rate(fn: Callable[[list], object], items: list, repeat: int, chunk: int = 10
 
 
 def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from machine_info import cpu_model
+
+    model = cpu_model()
     import importlib.metadata as md
 
     return (f"machine: {platform.machine()}, nproc {os.cpu_count()}, CPU {model}; {platform.platform()}\n"

@@ -71,6 +71,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 import district_profile  # noqa: E402
+from machine_info import cpu_model  # noqa: E402
 import district_world  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -311,14 +312,7 @@ def ms(value: float | None) -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     from importlib.metadata import version
 
     try:
