@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.broadcasts import finish_if_done
 from handlers.runtime import Station
 from models import outbox
-from models.tables import OutboxMessage
+from models.tables import Broadcast, BroadcastStatus, OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,14 @@ def _count(station: Station, result: _Result, recorded: bool) -> None:
 
 
 async def settle_stale(station: Station) -> None:
-    """Settle the rows a dead sender left 'sending', and finish the broadcasts whose last delivery that was."""
+    """Settle the rows a dead sender left 'sending', and finish every broadcast whose deliveries have all
+    settled: those whose last delivery this was, and any left 'sending' by a sender that died between its
+    last delivery and finishing (or by the race fixed in ``finish_if_done``), which nothing else would close."""
     async with station.db.session() as session, session.begin():
-        settled, requeued, broadcast_ids = await outbox.reconcile_stale(session, station.id, station.now())
-        for broadcast_id in broadcast_ids:  # in id order, as every sender locks broadcasts
+        settled, requeued, _ = await outbox.reconcile_stale(session, station.id, station.now())
+        unfinished = (await session.scalars(
+            select(Broadcast.id).where(Broadcast.status == BroadcastStatus.sending).order_by(Broadcast.id))).all()
+        for broadcast_id in unfinished:  # in id order, as every sender locks broadcasts
             await finish_if_done(session, station, broadcast_id)
     if settled or requeued:
         log.info("outbox: %s interrupted sends confirmed by their echo, %s queued again", settled, requeued)

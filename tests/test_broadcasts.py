@@ -105,6 +105,29 @@ async def test_a_delivery_settled_by_its_echo_finishes_the_broadcast(database: D
     assert [(m.conversation_id, "成功1个群" in m.text) for m in told] == [("wxid_officer_zhou", True)]
 
 
+async def test_a_broadcast_left_sending_with_every_delivery_settled_is_finished(database: Database,
+                                                                                  clock: FakeClock) -> None:
+    """A warning whose copies were all recorded but which was never closed (its sender died in between, or
+    the old finishing race) is closed by the sender's periodic settling, and the officer told once."""
+    from bot import sender
+    from models import outbox as queue
+
+    station = make_station(database, clock)
+    await pipeline.handle(station, resident_says("预警【锦绣】近期有人冒充客服退款", "s1", clock, **ZHOU))
+    assert await pipeline.handle(station, resident_says("确认", "s2", clock, **ZHOU)) == "broadcast_confirmed"
+    [delivery] = await deliveries(database)
+    async with database.session() as session, session.begin():  # recorded as sent, the broadcast not closed
+        assert await queue.claim(session, delivery.outbox_id, clock())
+        assert await queue.mark_sent(session, delivery.outbox_id, clock(), "m-1")
+    await sender.settle_stale(station)
+    await sender.settle_stale(station)  # a second pass (or another process) changes nothing
+    async with database.session() as session:
+        broadcast = (await session.scalars(select(Broadcast))).one()
+        told = (await session.scalars(select(OutboxMessage).where(OutboxMessage.text.contains("发送完成")))).all()
+    assert broadcast.status == "done"
+    assert [(m.conversation_id, "成功1个群" in m.text) for m in told] == [("wxid_officer_zhou", True)]
+
+
 async def test_only_rostered_warning_officers_may_broadcast(database: Database, clock: FakeClock) -> None:
     station = make_station(database, clock)
     resident = {"sender": "wxid_res_01", "name": "张阿姨", "room": None}
