@@ -229,7 +229,7 @@ async def settle_stale(station: Station) -> None:
     settled: those whose last delivery this was, and any left 'sending' by a sender that died between its
     last delivery and finishing (or by the race fixed in ``finish_if_done``), which nothing else would close."""
     async with station.db.session() as session, session.begin():
-        settled, requeued, _ = await outbox.reconcile_stale(session, station.id, station.now())
+        settled, requeued = await outbox.reconcile_stale(session, station.id, station.now())
         unfinished = (await session.scalars(
             select(Broadcast.id).where(Broadcast.status == BroadcastStatus.sending).order_by(Broadcast.id))).all()
         for broadcast_id in unfinished:  # in id order, as every sender locks broadcasts

@@ -174,7 +174,6 @@ async def mark_attempt_failed(
 class Reconciled(NamedTuple):
     sent: int  # settled as sent from their echo
     requeued: int  # returned to pending
-    broadcast_ids: list[int]  # broadcasts with a delivery settled as sent: the caller checks whether they are done
 
 
 async def reconcile_stale(session: AsyncSession, account: str, now: datetime) -> Reconciled:
@@ -184,7 +183,6 @@ async def reconcile_stale(session: AsyncSession, account: str, now: datetime) ->
         select(OutboxMessage).where(OutboxMessage.account == account, OutboxMessage.status == OutboxStatus.sending,
                                     OutboxMessage.claimed_at <= now - STALE_CLAIM))).all()
     sent = requeued = 0
-    broadcast_ids: set[int] = set()
     for row in stale:
         echo = (await session.scalars(
             select(EchoReceipt).where(EchoReceipt.account == account, EchoReceipt.conversation_id == row.conversation_id,
@@ -194,14 +192,12 @@ async def reconcile_stale(session: AsyncSession, account: str, now: datetime) ->
         if echo is not None:
             if await mark_sent(session, row.id, echo.at, echo.message_id, claimed_at=row.claimed_at):
                 sent += 1
-                if row.broadcast_id is not None:
-                    broadcast_ids.add(row.broadcast_id)
         else:
             result = await session.execute(update(OutboxMessage).where(*_still_claimed(row.id, row.claimed_at))
                                            .values(status=OutboxStatus.pending)
                                            .execution_options(synchronize_session=False))
             requeued += result.rowcount  # type: ignore[attr-defined]
-    return Reconciled(sent, requeued, sorted(broadcast_ids))
+    return Reconciled(sent, requeued)
 
 
 async def sent_since(session: AsyncSession, account: str, is_room: bool, since: datetime) -> int:

@@ -170,10 +170,10 @@ async def test_interrupted_send_is_settled_by_its_echo_or_sent_again(database: D
     assert await pipeline.handle(station, Inbound(**{**echo.__dict__, "is_self": True})) == "self"
     clock.current += timedelta(seconds=30)
     async with database.session() as session, session.begin():
-        assert await queue.reconcile_stale(session, "huamu", clock()) == (0, 0, [])  # too early to call it dead
+        assert await queue.reconcile_stale(session, "huamu", clock()) == (0, 0)  # too early to call it dead
     clock.current += timedelta(seconds=31)
     async with database.session() as session, session.begin():
-        assert await queue.reconcile_stale(session, "huamu", clock()) == (1, 1, [])
+        assert await queue.reconcile_stale(session, "huamu", clock()) == (1, 1)
     async with database.session() as session:
         states = {r.text: (r.status, r.sent_message_id) for r in (await session.scalars(select(Row))).all()}
     assert states == {"回复甲": ("sent", "echo-1"), "回复乙": ("pending", None)}

@@ -7,12 +7,12 @@ Validation only, like ``schema.py``. This module does not import ``bot.config.sc
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from bot.config.checks import compiling
 from bot.config.templates import template_error
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=64)]
@@ -122,12 +122,7 @@ class DetectionSettings(_Strict):
     @field_validator("topic_patterns", "request_patterns", "chatter_patterns", "courtesy_patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
-        return patterns
+        return compiling(patterns)
 
 
 class InquiryTexts(_Strict):

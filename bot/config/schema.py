@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from bot.config.checks import compiling
 from bot.config.inquiry_schema import InquirySettings
 from bot.config.report_schema import WeeklyReportConfig
 
@@ -256,12 +257,7 @@ class MatchConfig(Strict):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
-        return patterns
+        return compiling(patterns)
 
     @property
     def is_empty(self) -> bool:
