@@ -20,11 +20,11 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
 import yaml
+from rapidfuzz.fuzz import ratio as sequence_ratio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.config.loader import ConfigError, read_yaml
@@ -155,7 +155,10 @@ class KnowledgeBase:
             of_query = covered / self._weight(query_grams)
             pair_score = 2 * of_variant * of_query / (of_variant + of_query)
         variant_core = self._variant_cores[(entry_index, variant_index)]
-        sequence = SequenceMatcher(None, query_core, variant_core, autojunk=False).ratio()
+        # rapidfuzz's Indel ratio (2 x longest common subsequence / total length, in C++). difflib's
+        # SequenceMatcher took a sixth of the intake's CPU; its ratio is never higher (0.2% of pairs
+        # differed), and on 1,617 labelled, test and public chat texts both picked the same entries.
+        sequence = sequence_ratio(query_core, variant_core) / 100
         # The sequence ratio forgives typos but is generous with short texts that share only common words
         # (社保卡丢了怎么办 / 身份证丢了怎么办): it can lift the pair score halfway to it, not replace it.
         return max(pair_score, (pair_score + sequence) / 2)

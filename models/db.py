@@ -9,6 +9,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from models.base import Base
+from models.sqlite_inline import inline_creator
 
 
 class Database:
@@ -29,6 +30,9 @@ class Database:
             # behind the intake for seconds. One connection makes every transaction of this process queue in
             # asyncio instead, first come first served, with no sleeping (WAL still lets other processes read).
             pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+        if self.is_sqlite:
+            # statements run in the loop's thread, not on aiosqlite's worker (see models/sqlite_inline.py)
+            pool["async_creator"] = inline_creator(parsed.database or ":memory:")
         self.engine: AsyncEngine = create_async_engine(
             url, pool_pre_ping=not self.is_sqlite, connect_args=connect_args, **pool
         )

@@ -1,0 +1,73 @@
+"""aiosqlite's connection API, carried out in the event loop's own thread.
+
+aiosqlite runs every call (cursor, execute, fetch, close, commit) on a worker thread and hands the result
+back through ``call_soon_threadsafe``. SQLAlchemy's adapter makes several such calls per statement, so a
+one-row transaction cost ~1.9 ms of CPU (thread wake-ups, the self-pipe, GIL hand-overs) for ~0.03 ms of
+SQLite work (``benchmarks/district_pipeline.py``). SQLite on a local file answers the bot's statements in
+microseconds, so running them where they are awaited is cheaper than any hand-over; the price is that a
+statement blocks the loop while it runs, which is why the bot's SQLite connection is alone in its process
+(``models/db.py``: one pooled connection, so it never waits in SQLite's busy handler for a sibling) and why
+deployments with heavy reporting or several processes use PostgreSQL (asyncpg is natively asynchronous).
+
+Only ``Connection._execute``, ``_connect`` and ``_tx`` (which SQLAlchemy's adapter uses directly to set the
+isolation level) are replaced; everything else is aiosqlite's own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import aiosqlite
+
+
+class _RunNow:
+    """Stands in for aiosqlite's queue to its worker thread: runs the call at once, settles its future."""
+
+    def put_nowait(self, item: tuple[asyncio.Future[Any] | None, Callable[[], Any]]) -> None:
+        future, function = item
+        try:
+            result = function()
+        except BaseException as exc:  # noqa: BLE001  # handed to the awaiting caller, as aiosqlite does
+            if future is not None and not future.done():
+                future.set_exception(exc)
+            return
+        if future is not None and not future.done():
+            future.set_result(result)
+
+
+class InlineConnection(aiosqlite.Connection):
+    def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+        self._tx = _RunNow()  # type: ignore[assignment]
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    async def _connect(self) -> InlineConnection:
+        if self._connection is None:
+            self._connection = self._connector()
+        return self
+
+    def __await__(self) -> Any:
+        return self._connect().__await__()  # no worker thread to start
+
+    def stop(self) -> None:  # type: ignore[override]
+        self._running = False
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def inline_creator(path: str) -> Callable[[], Any]:
+    """An ``async_creator`` for ``create_async_engine``: a SQLite file opened in the loop's thread."""
+
+    async def connect() -> InlineConnection:
+        # check_same_thread off: the pool may close a connection from a garbage-collecting thread
+        return await InlineConnection(lambda: sqlite3.connect(path, check_same_thread=False))
+
+    return connect

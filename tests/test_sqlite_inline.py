@@ -1,0 +1,63 @@
+"""The SQLite connection that runs in the event loop's thread (models/sqlite_inline.py): SQLAlchemy's whole
+async API on it, with no worker thread, errors and rollbacks as with aiosqlite, durable across engines."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from models.db import Database
+from models.sqlite_inline import InlineConnection
+from models.tables import InboundMessage
+
+
+async def test_statements_run_in_the_loop_thread_without_a_worker(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
+    threads_before = {t.ident for t in threading.enumerate()}
+    ran_in: list[int] = []
+    async with database.engine.begin() as connection:
+        raw = (await connection.get_raw_connection()).driver_connection
+        assert isinstance(raw, InlineConnection)
+        await raw.create_function("whose_thread", 0, lambda: ran_in.append(threading.get_ident()) or 1)
+        assert (await connection.execute(text("SELECT whose_thread()"))).scalar_one() == 1
+        journal = (await connection.execute(text("PRAGMA journal_mode"))).scalar_one()
+    assert ran_in == [threading.get_ident()]
+    assert {t.ident for t in threading.enumerate()} <= threads_before  # no aiosqlite worker started
+    assert journal == "wal"
+    await database.close()
+
+
+async def test_commit_rollback_and_errors_behave_as_with_aiosqlite(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}"
+    database = Database(url)
+    await database.create_schema()
+    row = {"account": "huamu", "room_id": "r@chatroom", "group_id": None, "sender_id": "wxid_a",
+           "sender_name": "甲", "text": "你好", "kind": "text", "outcome": "quiet"}
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    async with database.engine.begin() as connection:
+        await connection.execute(InboundMessage.__table__.insert(), [
+            {**row, "message_id": "kept", "sent_at": now, "received_at": now}])
+    with pytest.raises(RuntimeError):
+        async with database.engine.begin() as connection:
+            await connection.execute(InboundMessage.__table__.insert(), [
+                {**row, "message_id": "rolled-back", "sent_at": now, "received_at": now}])
+            raise RuntimeError("the batch failed")
+    with pytest.raises(IntegrityError):  # the driver's error, translated by SQLAlchemy as usual
+        async with database.engine.begin() as connection:
+            await connection.execute(InboundMessage.__table__.insert(), [
+                {**row, "message_id": "kept", "sent_at": now, "received_at": now}])
+    with pytest.raises(OperationalError):
+        async with database.engine.connect() as connection:
+            await connection.execute(text("SELECT * FROM no_such_table"))
+    await database.close()
+
+    reopened = Database(url)  # what was committed is on disk, nothing else
+    async with reopened.session() as session:
+        ids = (await session.scalars(select(InboundMessage.message_id))).all()
+    assert ids == ["kept"]
+    await reopened.close()
