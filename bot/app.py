@@ -39,12 +39,13 @@ INTAKE_QUEUE_SIZE = 1024
 # At most this many messages in one transaction: large enough to amortise the commit under load, small
 # enough that a batch stays well under a second.
 MAX_BATCH = 256
-# Under steady traffic (messages closer than LINGER_BELOW_GAP apart on average) the intake waits this long
-# for company before a batch: a transaction costs ~3 ms however few messages it holds, so two or three
-# messages per batch instead of one halve the CPU per message at a few hundred messages a second, for a few
-# milliseconds of latency. Quiet groups (the usual case) never wait.
-LINGER_SECONDS = 0.004
-LINGER_BELOW_GAP = 0.005
+# Under steady traffic (messages closer than LINGER_BELOW_GAP apart on average) the intake holds chit-chat
+# up to LINGER_SECONDS for company before a batch: a transaction costs ~0.6-0.8 ms however few messages it
+# holds (SQLite, ~0.1 ms per message more), so at 100-400 messages a second batches of several instead of
+# one leave the loop free for what matters. Only chit-chat waits: a report, a question or an officer's
+# command ends the wait the moment it arrives, and quiet groups (the usual case) never wait.
+LINGER_SECONDS = 0.010
+LINGER_BELOW_GAP = 0.020
 DATABASE_RETRY_SECONDS = 600
 DRAIN_ON_STOP_SECONDS = 10
 
@@ -105,7 +106,10 @@ class App:
         self.connection: Connection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._owns_sandbox = False
-        self._intake: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=INTAKE_QUEUE_SIZE)
+        self._intake: asyncio.Queue[pipeline.Prepared] = asyncio.Queue(maxsize=INTAKE_QUEUE_SIZE)
+        self._pressing_queued = 0  # messages in the intake queue that need more than their row
+        self._pressing_arrived = asyncio.Event()  # ends a linger
+        self.lingering = asyncio.Event()  # set while the intake holds chit-chat for company (tests wait on it)
         self._last_arrival = 0.0
         self._mean_gap = 1.0  # seconds between arrivals, exponentially weighted
         self.handled: asyncio.Queue[tuple[Inbound, str]] | None = None  # tests may set one to observe outcomes
@@ -221,61 +225,72 @@ class App:
                 self.reload()
 
     async def _on_inbound(self, inbound: Inbound) -> None:
+        assert self.station is not None
         self.metrics.message_in(private=inbound.is_private)
         now = asyncio.get_running_loop().time()
         self._mean_gap = 0.9 * self._mean_gap + 0.1 * min(now - self._last_arrival, 1.0)
         self._last_arrival = now
-        await self._intake.put(inbound)
+        prepared = pipeline.prepare(self.station, inbound)  # routing and the rest that needs no database
+        await self._intake.put(prepared)
+        if prepared.pressing:
+            self._pressing_queued += 1
+            self._pressing_arrived.set()
 
     async def _run_intake(self) -> None:
         """The one consumer of loaded messages: whatever is waiting goes through the pipeline as one batch."""
         while True:
             batch = [await self._intake.get()]
-            if self._intake.empty() and self._mean_gap < LINGER_BELOW_GAP:
-                await asyncio.sleep(LINGER_SECONDS)
+            if (not batch[0].pressing and self._pressing_queued == 0 and self._intake.qsize() < MAX_BATCH
+                    and self._mean_gap < LINGER_BELOW_GAP):
+                self._pressing_arrived.clear()
+                self.lingering.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._pressing_arrived.wait(), LINGER_SECONDS)
+                self.lingering.clear()
             await self.station.urgent_first.wait_turn()  # type: ignore[union-attr]  # replies and pings first
             while len(batch) < MAX_BATCH and not self._intake.empty():
                 batch.append(self._intake.get_nowait())
+            self._pressing_queued -= sum(1 for p in batch if p.pressing)
             try:
                 outcomes = await self._handle_batch(batch)
-                for inbound, outcome in zip(batch, outcomes, strict=True):
+                for prepared, outcome in zip(batch, outcomes, strict=True):
                     self.metrics.message_handled(outcome)
-                    log.debug("message %s: %s", inbound.message_id, outcome)
+                    log.debug("message %s: %s", prepared.inbound.message_id, outcome)
                     if self.handled is not None:
-                        self.handled.put_nowait((inbound, outcome))
+                        self.handled.put_nowait((prepared.inbound, outcome))
             finally:
                 for _ in batch:
                     self._intake.task_done()
 
-    async def _handle_batch(self, batch: list[Inbound]) -> list[str]:
+    async def _handle_batch(self, batch: list[pipeline.Prepared]) -> list[str]:
         assert self.station is not None
         if len(batch) > 1:
             try:
-                return await pipeline.handle_batch(self.station, batch)
+                return await pipeline.handle_prepared(self.station, batch)
             except Exception as exc:  # nothing of the batch was written: take its messages one at a time
                 log.warning("a batch of %s messages failed (%s: %s); handling them one by one",
                             len(batch), type(exc).__name__, exc)
-        return [await self._handle_with_retry(inbound) for inbound in batch]
+        return [await self._handle_with_retry(prepared) for prepared in batch]
 
-    async def _handle_with_retry(self, inbound: Inbound) -> str:
+    async def _handle_with_retry(self, prepared: pipeline.Prepared) -> str:
         """The puppet service will not deliver a message again, so a database outage must not lose it: keep it
         and retry with backoff (bounded in time; the intake queue bounds memory meanwhile)."""
         assert self.station is not None
         delay, deadline = 0.5, asyncio.get_running_loop().time() + DATABASE_RETRY_SECONDS
         while True:
             try:
-                return await pipeline.handle(self.station, inbound)
+                return (await pipeline.handle_prepared(self.station, [prepared]))[0]
             except (DBAPIError, PoolTimeout, OSError, ConnectionError) as exc:
                 if asyncio.get_running_loop().time() > deadline:
-                    log.error("giving up on message %s after %s s of database errors: %s", inbound.message_id,
-                              DATABASE_RETRY_SECONDS, exc)
+                    log.error("giving up on message %s after %s s of database errors: %s",
+                              prepared.inbound.message_id, DATABASE_RETRY_SECONDS, exc)
                     return "error"
                 log.warning("database unavailable (%s); message %s kept, retrying in %.1f s",
-                            type(exc).__name__, inbound.message_id, delay)
+                            type(exc).__name__, prepared.inbound.message_id, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             except Exception:
-                log.exception("handling message %s failed", inbound.message_id)
+                log.exception("handling message %s failed", prepared.inbound.message_id)
                 return "error"
 
     @property

@@ -20,10 +20,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import bindparam, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config.schema import GroupConfig
 from handlers import inquiries
@@ -33,52 +31,17 @@ from handlers.incidents import report
 from handlers.inquiries import Detection
 from handlers.routing import Decision
 from handlers.runtime import ConfigVersion, Station
+from models.message_store import CoreMessageStore, MessageStore, RecentlySaid, sqlite_lane
 from models.outbox import text_hash
 from models.tables import EchoReceipt, InboundMessage
 
 log = logging.getLogger(__name__)
 
-# The hot path's statements, built once: Core on the tables (no ORM work per statement) with bound
-# parameters, so that each batch only binds values; building the expressions anew cost more than running them.
 _MESSAGES = InboundMessage.__table__
-_RECENTLY_SAID = select(
-    _MESSAGES.c.message_id, _MESSAGES.c.sender_id, _MESSAGES.c.room_id, _MESSAGES.c.text, _MESSAGES.c.sent_at
-).where(
-    _MESSAGES.c.account == bindparam("account"),
-    _MESSAGES.c.sender_id.in_(bindparam("senders", expanding=True)),
-    _MESSAGES.c.sent_at >= bindparam("earliest"), _MESSAGES.c.sent_at <= bindparam("latest"),
-    _MESSAGES.c.text.in_(bindparam("texts", expanding=True)),
-    _MESSAGES.c.room_id.is_not(None),
-)
 _SET_OUTCOME = (
     update(_MESSAGES).where(_MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
     .values(outcome=bindparam("outcome"))
 )
-_INSERT_NEW: dict[tuple[str, bool], Any] = {}
-
-
-def _insert_new(model: type[Any], sqlite: bool) -> Any:
-    """INSERT … ON CONFLICT (account, message_id) DO NOTHING RETURNING id, message_id, per table and dialect."""
-    key = (model.__tablename__, sqlite)
-    if key not in _INSERT_NEW:
-        table = model.__table__
-        insert = sqlite_insert if sqlite else pg_insert
-        _INSERT_NEW[key] = (
-            insert(table).on_conflict_do_nothing(index_elements=["account", "message_id"])
-            .returning(table.c.id, table.c.message_id)
-        )
-    return _INSERT_NEW[key]
-
-
-async def _store_new(db: AsyncSession | AsyncConnection, station: Station, model: type[Any],
-                     rows: list[dict[str, Any]]) -> dict[str, int]:
-    """INSERT … ON CONFLICT (account, message_id) DO NOTHING for every row; the new rows' ids by message id
-    (a message id stored before, by us or by another process, is absent).
-
-    Core on the table, executemany: SQLAlchemy compiles it once and sends multi-row INSERTs
-    ("insertmanyvalues"); ``insert(model).values(list)`` was compiled anew for every batch."""
-    result = await db.execute(_insert_new(model, station.db.is_sqlite), rows)
-    return {message_id: row_id for row_id, message_id in result.all()}
 
 
 def _scrubbed(inbound: Inbound) -> Inbound:
@@ -89,8 +52,7 @@ def _scrubbed(inbound: Inbound) -> Inbound:
     return inbound
 
 
-async def _repeated_texts(db: AsyncSession | AsyncConnection, live: ConfigVersion,
-                          batch: Sequence[Inbound]) -> set[int]:
+async def _repeated_texts(store: MessageStore, live: ConfigVersion, batch: Sequence[Inbound]) -> set[int]:
     """Positions in ``batch`` of group messages repeating what the same sender said in the same group within
     the window under another id (WeChat re-sends under new ids), whether stored before or earlier in this
     batch. Private messages are exempt: an officer answers "收到" to one incident after another."""
@@ -98,12 +60,14 @@ async def _repeated_texts(db: AsyncSession | AsyncConnection, live: ConfigVersio
     candidates = [(k, m) for k, m in enumerate(batch) if window and m.text and m.room_id is not None]
     if not candidates:
         return set()
-    earliest = min(m.sent_at for _, m in candidates) - window
-    latest = max(m.sent_at for _, m in candidates) + window
-    parameters = {"account": batch[0].account, "senders": sorted({m.sender_id for _, m in candidates}),
-                  "texts": sorted({m.text for _, m in candidates}), "earliest": earliest, "latest": latest}
+    query = RecentlySaid(
+        account=batch[0].account, senders=sorted({m.sender_id for _, m in candidates}),
+        texts=sorted({m.text for _, m in candidates}),
+        earliest=min(m.sent_at for _, m in candidates) - window,
+        latest=max(m.sent_at for _, m in candidates) + window,
+    )
     said: dict[tuple[str, str | None, str], list[tuple[str, datetime]]] = defaultdict(list)
-    for message_id, sender_id, room_id, text, sent_at in (await db.execute(_RECENTLY_SAID, parameters)).all():
+    for message_id, sender_id, room_id, text, sent_at in await store.recently_said(query):
         said[(sender_id, room_id, text)].append((message_id, sent_at))
     repeated: set[int] = set()
     for k, message in candidates:
@@ -139,6 +103,39 @@ def _plan(live: ConfigVersion, inbound: Inbound, group: GroupConfig | None) -> _
     return _Plan("quiet") if inquiry is None else _Plan(None, inquiry=inquiry)
 
 
+_OWN = _Plan("self")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message with what it needs, decided (no database) under one config version."""
+
+    inbound: Inbound
+    live: ConfigVersion
+    group: GroupConfig | None
+    plan: _Plan
+
+    @property
+    def pressing(self) -> bool:
+        """Needs more than its row: a report, a question, a command. The intake does not hold these back
+        to batch them with chit-chat."""
+        return self.plan.outcome is None
+
+
+def prepare(station: Station, inbound: Inbound) -> Prepared:
+    inbound = _scrubbed(inbound)
+    live = station.current
+    if inbound.is_self:
+        return Prepared(inbound, live, None, _OWN)
+    group = live.group_for(inbound.room_id, inbound.room_topic) if inbound.room_id else None
+    try:
+        plan = _plan(live, inbound, group)
+    except Exception:  # a bug in routing must not lose the message: it is stored, marked, and logged
+        log.exception("could not plan message %s", inbound.message_id)
+        plan = _Plan("error")
+    return Prepared(inbound, live, group, plan)
+
+
 async def _decide(session: AsyncSession, live: ConfigVersion, station: Station, inbound: Inbound,
                   group: GroupConfig | None, plan: _Plan, now: datetime, row_id: int,
                   opened: list[tuple[str, int]]) -> str:
@@ -168,25 +165,32 @@ async def _decide(session: AsyncSession, live: ConfigVersion, station: Station, 
 
 async def handle_batch(station: Station, batch: Sequence[Inbound]) -> list[str]:
     """Process messages in one transaction; what happened to each (for logs, metrics and tests), in order.
-    Raises on any failure, with nothing of the batch written.
+    Raises on any failure, with nothing of the batch written."""
+    return await handle_prepared(station, [prepare(station, m) for m in batch])
 
-    Each message's plan is made first (no database). A batch of chit-chat and echoes only (the common case)
-    runs on a plain connection: two or three Core statements, without the ORM session's work per statement.
+
+async def handle_prepared(station: Station, batch: Sequence[Prepared]) -> list[str]:
+    """``handle_batch`` for messages the intake prepared as they arrived.
+
+    A batch of chit-chat and echoes only (the common case) needs no ORM: on SQLite it runs on the driver's
+    connection (``sqlite_lane``), elsewhere on a plain SQLAlchemy connection; two statements either way.
     """
-    batch = [_scrubbed(m) for m in batch]
     if not batch:
         return []
     live = station.current  # one config version for the whole batch, even if a reload lands meanwhile
+    batch = [p if p.live is live else prepare(station, p.inbound) for p in batch]
     now = station.now()
-    groups = {k: live.group_for(m.room_id, m.room_topic) if m.room_id else None
-              for k, m in enumerate(batch) if not m.is_self}
-    plans = {k: _plan(live, batch[k], group) for k, group in groups.items()}
-    if all(plan.outcome is not None for plan in plans.values()):
+    if not any(p.pressing for p in batch):
+        if station.db.is_sqlite:
+            async with sqlite_lane(station.db) as store:
+                return await _store(store, None, station, live, batch, now, [])
         async with station.db.engine.begin() as connection:
-            return await _store(connection, station, live, batch, groups, plans, now, [])
+            store = CoreMessageStore(connection, sqlite=False)
+            return await _store(store, None, station, live, batch, now, [])
     opened: list[tuple[str, int]] = []
     async with station.db.session() as session, session.begin():
-        outcomes = await _store(session, station, live, batch, groups, plans, now, opened)
+        store = CoreMessageStore(session, sqlite=station.db.is_sqlite)
+        outcomes = await _store(store, session, station, live, batch, now, opened)
     station.outbox_ready.set()  # replies, pings, tickets may have been queued
     for category, pings in opened:
         station.metrics.incident_opened(category, pings)
@@ -194,26 +198,26 @@ async def handle_batch(station: Station, batch: Sequence[Inbound]) -> list[str]:
 
 
 async def _store(
-    db: AsyncSession | AsyncConnection, station: Station, live: ConfigVersion, batch: list[Inbound],
-    groups: dict[int, GroupConfig | None], plans: dict[int, _Plan], now: datetime, opened: list[tuple[str, int]],
+    store: MessageStore, session: AsyncSession | None, station: Station, live: ConfigVersion,
+    batch: list[Prepared], now: datetime, opened: list[tuple[str, int]],
 ) -> list[str]:
-    """Store the batch once and carry out the plans (``db`` is a session whenever a plan needs one)."""
+    """Store the batch once and carry out the plans (``session`` is given whenever a plan needs one)."""
     outcomes = [""] * len(batch)
     # Our own sends coming back: the receipts that settle outbox rows whose sender died mid-send.
-    echoes = [m for m in batch if m.is_self and (m.room_id or m.to_id)]
+    echoes = [p.inbound for p in batch if p.inbound.is_self and (p.inbound.room_id or p.inbound.to_id)]
     if echoes:
-        await _store_new(db, station, EchoReceipt, [
+        await store.insert_new(EchoReceipt, [
             {"account": m.account, "message_id": m.message_id, "conversation_id": m.room_id or m.to_id,
              "text_hash": text_hash(m.text), "at": now} for m in echoes])
-    for k, message in enumerate(batch):
-        if message.is_self:
+    for k, prepared in enumerate(batch):
+        if prepared.inbound.is_self:
             outcomes[k] = "self"
-    others = [k for k, m in enumerate(batch) if not m.is_self]
-    repeated = await _repeated_texts(db, live, [batch[k] for k in others])
+    others = [k for k, p in enumerate(batch) if not p.inbound.is_self]
+    repeated = await _repeated_texts(store, live, [batch[k].inbound for k in others])
     rows: list[dict[str, Any]] = []
     first_of: dict[str, int] = {}
     for position, k in enumerate(others):
-        message = batch[k]
+        message, group = batch[k].inbound, batch[k].group
         if position in repeated:
             outcomes[k] = "duplicate_text"
             continue
@@ -221,29 +225,30 @@ async def _store(
             outcomes[k] = "duplicate"  # the same id twice in one batch
             continue
         first_of[message.message_id] = k
-        group = groups[k]
         rows.append({
             "account": message.account, "message_id": message.message_id, "room_id": message.room_id,
             "group_id": group.id if group else None, "sender_id": message.sender_id,
             "sender_name": message.sender_name, "text": message.text, "kind": message.kind,
-            "sent_at": message.sent_at, "received_at": now, "outcome": plans[k].outcome,
+            "sent_at": message.sent_at, "received_at": now, "outcome": batch[k].plan.outcome,
         })
-    stored = await _store_new(db, station, InboundMessage, rows) if rows else {}
+    stored = await store.insert_new(InboundMessage, rows) if rows else {}
     by_outcome: dict[str, list[int]] = defaultdict(list)
     for message_id, k in first_of.items():
         row_id = stored.get(message_id)
         if row_id is None:
             outcomes[k] = "duplicate"
             continue
-        planned = plans[k].outcome
-        if planned is not None:
-            outcomes[k] = planned  # stored with the row
+        prepared = batch[k]
+        if prepared.plan.outcome is not None:
+            outcomes[k] = prepared.plan.outcome  # stored with the row
             continue
-        assert isinstance(db, AsyncSession)  # handle_batch gives a session whenever a plan has no outcome
-        outcomes[k] = await _decide(db, live, station, batch[k], groups[k], plans[k], now, row_id, opened)
+        assert session is not None  # handle_prepared gives a session whenever a plan has no outcome
+        outcomes[k] = await _decide(session, live, station, prepared.inbound, prepared.group, prepared.plan,
+                                    now, row_id, opened)
         by_outcome[outcomes[k][:64]].append(row_id)
     for outcome, row_ids in by_outcome.items():
-        await db.execute(_SET_OUTCOME, {"ids": row_ids, "outcome": outcome})
+        assert session is not None
+        await session.execute(_SET_OUTCOME, {"ids": row_ids, "outcome": outcome})
     return outcomes
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bot import app as app_module
 from bot.app import App, PuppetTarget
 from bot.config.loader import ConfigError
 from bot.connection import ConnectionFailed
@@ -57,6 +58,22 @@ async def test_ordinary_chat_gets_no_reply(env: Env) -> None:
     await env.bot_says(JINXIU, start, "119")
     assert len(env.bot_messages(JINXIU, start)) == 1
     assert len(await env.incidents()) == 1
+
+
+async def test_a_report_ends_the_intake_holding_chit_chat_for_company(env: Env,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under steady traffic the intake holds chit-chat back to batch it; a report arriving meanwhile is
+    handled at once (with the chat), not after the wait. The wait is set to an hour: the test can only pass
+    in time if the report cuts it short."""
+    monkeypatch.setattr(app_module, "LINGER_SECONDS", 3600)
+    monkeypatch.setattr(app_module, "LINGER_BELOW_GAP", 3600)  # every arrival counts as steady traffic
+    start = last_seq(env)
+    chat = await env.sandbox.say("wxid_res_02", "今晚吃火锅吗", room=JINXIU)
+    await asyncio.wait_for(env.app.lingering.wait(), 10)
+    report = await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
+    assert await env.outcome_of(chat) == "quiet"
+    assert await env.outcome_of(report) == "incident:fire"
+    await env.bot_says(JINXIU, start, "119")
 
 
 async def test_officer_acknowledges_with_one_word(env: Env) -> None:
