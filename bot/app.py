@@ -40,11 +40,12 @@ INTAKE_QUEUE_SIZE = 1024
 # enough that a batch stays well under a second.
 MAX_BATCH = 256
 # Under steady traffic (messages closer than LINGER_BELOW_GAP apart on average) the intake holds chit-chat
-# up to LINGER_SECONDS for company before a batch: a transaction costs ~0.6-0.8 ms however few messages it
-# holds (SQLite, ~0.1 ms per message more), so at 100-400 messages a second batches of several instead of
-# one leave the loop free for what matters. Only chit-chat waits: a report, a question or an officer's
-# command ends the wait the moment it arrives, and quiet groups (the usual case) never wait.
-LINGER_SECONDS = 0.010
+# up to LINGER_SECONDS for company before a batch: a transaction costs ~0.6-0.8 ms however few messages
+# it holds (SQLite, ~0.1 ms per message more; the commit's fsync holds the loop), so at 50-400 messages a
+# second batches of several instead of one leave the loop free for what matters. Only chit-chat waits: a
+# report, a question or an officer's command ends the wait the moment it arrives, and quiet groups (the
+# usual case) never wait.
+LINGER_SECONDS = 0.025
 LINGER_BELOW_GAP = 0.020
 DATABASE_RETRY_SECONDS = 600
 DRAIN_ON_STOP_SECONDS = 10

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 IDLE_CHECK_SECONDS = 5.0  # also picks up rows left by a crash or written by another process
 ROUND_SIZE = 50  # rows read (and at most claimed) per round
+CONCURRENT_SENDS = 8  # sends in flight at once, each to another conversation
 SETTLE_EVERY_SECONDS = 5.0  # how often to look for rows a dead sender left 'sending'
 # How long one attempt (membership check and send) may take. Well under STALE_CLAIM: a row still 'sending'
 # after STALE_CLAIM is taken for a dead sender's and queued again, so a slow but alive sender must have given
@@ -104,8 +105,9 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
     A round: one read (the next rows in send order, and the caps when a group row is among them), one claim
     of every row whose turn it is, their sends one after another, and one transaction recording them all.
     Per-row transactions queued behind the intake's batches and capped the sender at a few dozen messages a
-    second under load. Urgent rows go before the intake's next batch (``Station.urgent_first``). A failed
-    send ends the round (the connection is likely gone): the rows not attempted are given back."""
+    second under load. Urgent rows go before the intake's next batch (``Station.urgent_first``). Sends to
+    different conversations overlap (``_deliver_all``); within a conversation they keep their order, and a
+    failed send ends its conversation's turn: the rows not attempted are given back."""
     while True:
         station.outbox_ready.clear()  # rows committed from here on announce themselves again
         now = station.now()
@@ -131,13 +133,8 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
         async with station.urgent_first.sending() if urgent else nullcontext():
             async with station.db.session() as session, session.begin():
                 claimed = await outbox.claim_many(session, [row.id for row in due], now)
-            results: list[_Result] = []
-            for row in due:
-                if row.id not in claimed:
-                    continue  # another process has it
-                results.append(result := await _deliver(transport, row))
-                if result.error is not None:
-                    break
+            # rows another process claimed meanwhile are its to send
+            results = await _deliver_all(transport, [row for row in due if row.id in claimed])
             unsent = [row.id for row in due if row.id in claimed and row.id not in {r.row.id for r in results}]
             async with station.db.session() as session, session.begin():
                 recorded = [await _record(session, station, result, now) for result in results]
@@ -184,6 +181,31 @@ async def _deliver(transport: Transport, row: OutboxMessage) -> _Result:
         log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, row.attempts + 1,
                     error)
         return _Result(row, error=error)
+
+
+async def _deliver_in_order(transport: Transport, rows: list[OutboxMessage],
+                            limit: asyncio.Semaphore) -> list[_Result]:
+    """One conversation's rows, one after another; a failure stops the rest (they must not overtake it)."""
+    results: list[_Result] = []
+    for row in rows:
+        async with limit:
+            results.append(result := await _deliver(transport, row))
+        if result.error is not None:
+            break
+    return results
+
+
+async def _deliver_all(transport: Transport, rows: list[OutboxMessage]) -> list[_Result]:
+    """Every claimed row of a round, conversations side by side: a reply to one group does not wait for the
+    gRPC round trips of pings and replies to others (under load they queued one behind another)."""
+    chains: dict[str, list[OutboxMessage]] = {}
+    for row in rows:  # send order kept within each conversation
+        chains.setdefault(row.conversation_id, []).append(row)
+    limit = asyncio.Semaphore(CONCURRENT_SENDS)
+    if len(chains) <= 1:
+        return await _deliver_in_order(transport, rows, limit)
+    done = await asyncio.gather(*(_deliver_in_order(transport, chain, limit) for chain in chains.values()))
+    return [result for chain in done for result in chain]
 
 
 async def _record(session: AsyncSession, station: Station, result: _Result, claimed_at: datetime) -> bool:

@@ -334,7 +334,10 @@ async def test_a_send_cut_off_by_a_lost_connection_does_not_end_the_outbox_sende
     try:
         await asyncio.wait_for(transport.in_call.wait(), 10)
         transport.wrapper.cancel(StreamTerminatedError("Connection lost"))
-        await transport.wait_sent(1)  # the other row goes on at once (the sender did not end)
+        await transport.wait_sent(1)  # the other row goes on (the sender did not end)
+        async with asyncio.timeout(10):  # the failure is recorded (its retry time set) before the clock moves
+            while not any(r.attempts == 1 and r.status == "pending" for r in await outbox(database)):
+                await asyncio.sleep(0.02)
         clock.current += timedelta(minutes=5)  # the cut-off row's retry (and any pacing) is due
         station.outbox_ready.set()
         await transport.wait_sent(2)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -14,7 +16,7 @@ from handlers.inbound import Inbound
 from handlers.runtime import ConfigVersion, Station
 from models.db import Database
 from models.tables import InboundMessage, Incident, IncidentEvent, OutboxMessage
-from tests.conftest import ROOT, FakeClock
+from tests.conftest import ROOT, FakeClock, write_config
 
 
 def make_station(database: Database, clock: FakeClock) -> Station:
@@ -261,3 +263,57 @@ async def test_a_late_answer_does_not_undo_another_senders_claim(
     assert await taking_over is None
     [row] = await outbox(database)
     assert (row.status, row.attempts, row.sent_message_id) == ("sent", 1, "msg-2")
+
+
+class PerConversationTransport:
+    """Sends to the conversations in ``held`` wait until the test releases them; the others answer at once."""
+
+    def __init__(self, held: set[str]) -> None:
+        self.held = held
+        self.release = asyncio.Event()
+        self.started: list[str] = []  # texts, in the order their sends began
+        self.finished: list[str] = []
+        self._changed = asyncio.Event()
+
+    async def send(self, conversation_id: str, text: str, *, is_room: bool, mentions: list[str]) -> str | None:
+        self.started.append(text)
+        self._changed.set()
+        if conversation_id in self.held:
+            await self.release.wait()
+        self.finished.append(text)
+        self._changed.set()
+        return f"id-{text}"
+
+    async def is_member(self, room_id: str) -> bool:
+        return True
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def test_sends_to_other_conversations_do_not_wait_behind_a_slow_one(database: Database, clock: FakeClock,
+                                                                          tmp_path: Path) -> None:
+    """One round's sends overlap across conversations (a reply to one group does not queue behind the gRPC
+    round trip of a ping to an officer); within a conversation they keep their order."""
+    from bot import sender
+    from models import outbox as queue
+
+    unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
+    station = Station(ConfigVersion.build(load_config(unpaced)), database, clock)
+    async with database.session() as session, session.begin():
+        for conversation, text in [("wxid_officer_wang", "请处理1"), ("jinxiu@chatroom", "回复甲"),
+                                   ("wxid_officer_wang", "请处理2"), ("fangdian@chatroom", "回复乙")]:
+            queue.enqueue(session, account="huamu", conversation_id=conversation, is_room=conversation.endswith(
+                "@chatroom"), text=text, now=clock(), kind="reply", priority=queue.PRIORITY_URGENT)
+    transport = PerConversationTransport(held={"wxid_officer_wang"})
+    draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
+    await transport.until(lambda: {"回复甲", "回复乙"} <= set(transport.finished))
+    assert transport.started[:1] == ["请处理1"] and "请处理2" not in transport.started  # still behind 请处理1
+    transport.release.set()
+    assert await asyncio.wait_for(draining, 10) is None
+    assert transport.started.index("请处理1") < transport.started.index("请处理2")
+    assert {r.text: r.status for r in await outbox(database)} == dict.fromkeys(
+        ["请处理1", "回复甲", "请处理2", "回复乙"], "sent")
