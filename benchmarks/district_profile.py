@@ -52,10 +52,11 @@ PACKAGES = [  # (label, path fragments); first match wins, tested on the leaf fr
 
 STAGES = [  # (label, function name, file fragment): inclusive share of the event loop's busy samples
     ("python-wechaty: event stream read (_listen_for_event)", "_listen_for_event", "wechaty_puppet_service"),
-    ("message loaders (Connection._load_messages: load + ready + on_message)", "_load_messages",
+    ("message loaders (Connection._load_messages: payloads, to Inbound, into the intake)", "_load_messages",
      "/bot/connection.py"),
-    ("  Message.ready (MessagePayload, talker/room payloads)", "ready", "/wechaty/user/message.py"),
-    ("  Connection._dispatch (to Inbound, into the intake queue)", "_dispatch", "/bot/connection.py"),
+    ("  Connection._load (MessagePayload, room payload, cached names)", "_load", "/bot/connection.py"),
+    ("  App._on_inbound (prepare; a report's sender name; into the intake queue)", "_on_inbound",
+     "/bot/app.py"),
     ("    pipeline.prepare (route match, inquiry detection)", "prepare", "/handlers/pipeline.py"),
     ("intake: App._run_intake (one batch at a time)", "_run_intake", "/bot/app.py"),
     ("  pipeline.handle_prepared", "handle_prepared", "/handlers/pipeline.py"),

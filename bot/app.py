@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -232,6 +232,10 @@ class App:
         self._mean_gap = 0.9 * self._mean_gap + 0.1 * min(now - self._last_arrival, 1.0)
         self._last_arrival = now
         prepared = pipeline.prepare(self.station, inbound)  # routing and the rest that needs no database
+        if prepared.pressing and not inbound.sender_name and self.connection is not None:
+            # a report or a question names its sender in pings and tickets; chit-chat never needed the name
+            named = replace(inbound, sender_name=await self.connection.contact_name(inbound.sender_id))
+            prepared = replace(prepared, inbound=named)
         await self._intake.put(prepared)
         if prepared.pressing:
             self._pressing_queued += 1

@@ -88,7 +88,6 @@ class Connection:
         self.state = "idle"  # idle, connecting, connected, reconnecting, stopped
         self.unloadable = 0  # message events whose payload could not be fetched (logged, counted)
         self._pending: asyncio.Queue[Any] = asyncio.Queue()  # message events not loaded yet (tiny: ids)
-        self._load_message: Callable[[Any], Awaitable[None]] | None = None  # python-wechaty's, per connection
 
     def _build(self) -> Any:
         register_secret(self.token)
@@ -108,9 +107,6 @@ class Connection:
                 connection.logged_in.set()
                 async with connection.login_changed:
                     connection.login_changed.notify_all()
-
-            async def on_message(self, msg: Any) -> None:
-                await connection._dispatch(msg)
 
         def heard(*_args: Any) -> None:
             connection._heard_at = asyncio.get_running_loop().time()
@@ -197,30 +193,34 @@ class Connection:
             )
 
     def _take_over_message_events(self, emitter: Any) -> None:
-        """Queue message events for the loaders instead of python-wechaty's task per event."""
-        listeners = emitter.listeners("message")
-        for listener in listeners:
+        """Queue message events for our loaders instead of python-wechaty's task per event."""
+        for listener in emitter.listeners("message"):
             emitter.remove_listener("message", listener)
-        self._load_message = listeners[0] if listeners else None
         emitter.on("message", self._pending.put_nowait)
 
     async def _load_messages(self) -> None:
-        """One loader: fetch a queued message's payload (python-wechaty's own listener: Message.ready, then
-        our on_message), one at a time. Events wait here while disconnected and load after reconnecting."""
+        """One loader: fetch a queued message's payload and hand it on, one at a time. Events wait here while
+        disconnected and load after reconnecting."""
         while True:
             event = await self._pending.get()
             await self.logged_in.wait()
-            load = self._load_message
-            if load is None:
+            bot = self._bot
+            if bot is None:
                 continue
+            message_id = getattr(event, "message_id", "?")
             try:
-                await load(event)
+                inbound = await self._load(bot, message_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a payload the service cannot find, a dropped channel: this one only
                 self.unloadable += 1
                 log.warning("could not load message %s from the puppet service: %s: %s",
-                            getattr(event, "message_id", "?"), type(exc).__name__, exc)
+                            message_id, type(exc).__name__, exc)
+                continue
+            try:
+                await self.on_inbound(inbound)
+            except Exception:
+                log.exception("handling message %s failed", message_id)
 
     async def _watch(self, bot: Any) -> None:
         """Liveness: a service can hang with the stream still open. Ding it; when nothing comes back for
@@ -285,28 +285,43 @@ class Connection:
         await self._close_bot()
 
     # -- inbound -----------------------------------------------------------------------------------
-    async def _dispatch(self, msg: Any) -> None:
+    async def _load(self, bot: Any, message_id: str) -> Inbound:
+        """A message as python-wechaty's ``Message.ready`` would load it, less the sender's ContactPayload:
+        that is a second round trip for every new talker, and only reports, questions and private messages
+        need the sender's name (``contact_name``). Chit-chat keeps a name only if the contact is cached."""
+        payload = await bot.puppet.message_payload(message_id)
         self.last_event_at = datetime.now(UTC)
         self._heard_at = asyncio.get_running_loop().time()
-        try:
-            inbound = await self._to_inbound(msg)
-        except Exception:
-            log.exception("could not read message %s", getattr(msg, "message_id", "?"))
-            return
-        try:
-            await self.on_inbound(inbound)
-        except Exception:
-            log.exception("handling message %s failed", inbound.message_id)
-
-    async def _to_inbound(self, msg: Any) -> Inbound:
-        payload = msg.payload
-        room = msg.room()
         topic = None
-        if room is not None and room.payload is not None:
+        if payload.room_id:
+            room = bot.Room.load(payload.room_id)
+            await room.ready()  # one RoomPayload per room, then cached
             topic = room.payload.topic
-        talker = msg.talker()
+        sender_name = ""
+        if payload.from_id:
+            talker = bot.Contact.load(payload.from_id)
+            if not talker.is_ready() and not payload.room_id:
+                await talker.ready()  # private messages are officers' commands and residents' requests
+            if talker.is_ready():
+                sender_name = talker.payload.name or ""
+        return self._to_inbound(payload, topic, sender_name)
+
+    async def contact_name(self, contact_id: str) -> str:
+        """A contact's WeChat name (one ContactPayload round trip unless cached); the id if there is none."""
+        bot = self._bot
+        if bot is None:
+            return contact_id
+        contact = bot.Contact.load(contact_id)
+        try:
+            await contact.ready()
+        except Exception as exc:  # an unknown contact: the id will do for a name
+            log.debug("no contact payload for %s: %s", contact_id, exc)
+            return contact_id
+        return contact.payload.name or contact_id
+
+    def _to_inbound(self, payload: Any, topic: str | None, sender_name: str) -> Inbound:
         mentions = tuple(getattr(payload, "mention_ids", None) or ())
-        kind_name = getattr(msg.type(), "name", str(msg.type()))
+        kind_name = getattr(payload.type, "name", str(payload.type))
         timestamp = payload.timestamp or 0
         # The wire carries epoch milliseconds; some services send seconds.
         seconds = timestamp / 1000 if timestamp > 10**11 else float(timestamp)
@@ -315,7 +330,7 @@ class Connection:
             account=self.account,
             message_id=payload.id,
             sender_id=payload.from_id,
-            sender_name=(talker.name if talker and talker.payload else "") or payload.from_id,
+            sender_name=sender_name,
             room_id=payload.room_id or None,
             room_topic=topic,
             text=payload.text or "",

@@ -76,6 +76,20 @@ async def test_a_report_ends_the_intake_holding_chit_chat_for_company(env: Env,
     await env.bot_says(JINXIU, start, "119")
 
 
+async def test_chit_chat_costs_no_contact_lookup_and_a_report_names_its_sender(env: Env) -> None:
+    """The sender's ContactPayload is a second round trip per new talker: chit-chat never needs the name, a
+    report does (the officer's ping names the reporter)."""
+    start = last_seq(env)
+    asked = env.sandbox.puppet.contact_payloads_asked
+    chat = await env.sandbox.say("wxid_res_02", "今晚吃火锅吗", room=JINXIU)
+    assert await env.outcome_of(chat) == "quiet"
+    assert asked["wxid_res_02"] == 0
+    await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
+    ping = await env.bot_says(WANG, start, "烟焦味")
+    assert "张阿姨" in ping["text"]
+    assert asked["wxid_res_01"] >= 1
+
+
 async def test_officer_acknowledges_with_one_word(env: Env) -> None:
     start = last_seq(env)
     await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)

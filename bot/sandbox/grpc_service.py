@@ -28,6 +28,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -71,6 +72,7 @@ class PuppetService:
         # client's Stop leaves the others listening.
         self._streams: dict[asyncio.Queue[pb.EventResponse | None], object] = {}
         self._state_event = asyncio.Event()
+        self.contact_payloads_asked: Counter[str] = Counter()  # contact id -> ContactPayload calls
 
     # -- connection state ------------------------------------------------------
     @property
@@ -399,6 +401,7 @@ class PuppetService:
         return contact
 
     async def rpc_contact_payload(self, request: pb.ContactPayloadRequest) -> pb.ContactPayloadResponse:
+        self.contact_payloads_asked[request.id] += 1
         contact = self._contact(request.id)
         return pb.ContactPayloadResponse(
             id=contact.id,
