@@ -173,6 +173,27 @@ async def test_hostile_input_is_survived(database: Database, clock: FakeClock) -
         "incident:lost_child"
 
 
+async def test_a_message_routing_fails_on_is_stored_not_lost(database: Database, clock: FakeClock,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in routing (here: the router raising) must not lose the message: it is stored with the outcome
+    "error" (and logged), and the next message is routed as usual."""
+    station = make_station(database, clock)
+    router = station.current.router
+    original = router.classify
+
+    def broken(text: str, *args: object, **kwargs: object) -> object:
+        if "坏" in text:
+            raise RuntimeError("a routing bug")
+        return original(text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(router, "classify", broken)
+    assert await pipeline.handle(station, resident_says("楼道坏了好像着火了", "bug-1", clock)) == "error"
+    assert await pipeline.handle(station, resident_says("楼道闻到一股烟焦味!", "bug-2", clock)) == "incident:fire"
+    async with database.session() as session:
+        stored = {m.message_id: m.outcome for m in (await session.scalars(select(InboundMessage))).all()}
+    assert stored == {"bug-1": "error", "bug-2": "incident:fire"}
+
+
 async def test_late_messages_still_count_and_say_so(database: Database, clock: FakeClock) -> None:
     station = make_station(database, clock)
     late = Inbound(**{**resident_says("楼道闻到一股烟焦味!", "late-1", clock).__dict__,
