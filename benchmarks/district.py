@@ -384,15 +384,17 @@ async def quiet_machine(limit: float, log: Any) -> float:
 
 
 # ------------------------------------------------------------------------------------------ the run
+def run_directory(workdir: str | None, prefix: str) -> Path:
+    """``--workdir`` if given (kept), else a fresh temporary directory."""
+    directory = Path(workdir).resolve() if workdir else Path(tempfile.mkdtemp(prefix=prefix))
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.run_dir = (
-            Path(args.workdir).resolve()
-            if args.workdir
-            else Path(tempfile.mkdtemp(prefix="gonghao-district-"))
-        )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_directory(args.workdir, "gonghao-district-")
         self.token = f"district-{secrets.token_hex(8)}"
         self.control = Control()
         self.children: list[Child] = []
@@ -1007,6 +1009,37 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, *, wait_quiet: float, kept: str) -> None:
+    """The options every district benchmark shares: patience, the run directory, JSON output."""
+    parser.add_argument("--stall-timeout", type=float, default=60,
+                        help="give up on a phase when nothing progressed for this long")
+    parser.add_argument("--wait-quiet", type=float, default=wait_quiet,
+                        help="wait up to this long for other processes to leave the CPUs before starting")
+    parser.add_argument("--workdir",
+                        help="run directory (default: a new temporary one, removed unless --keep)")
+    parser.add_argument("--keep", action="store_true", help=f"keep the run directory ({kept})")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+
+
+def run_bench(bench: Any) -> dict[str, Any] | None:
+    """``bench.run()`` on a loop of its own, cancelled by SIGINT/SIGTERM (its children are stopped either
+    way); the results, or None when interrupted."""
+    loop = asyncio.new_event_loop()
+    main_task = loop.create_task(bench.run())
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, main_task.cancel)
+    try:
+        return loop.run_until_complete(main_task)  # type: ignore[no-any-return]
+    except asyncio.CancelledError:
+        print(f"interrupted; processes stopped; logs in {bench.run_dir}", file=sys.stderr)
+        return None
+    except Exception:
+        print(f"failed; logs in {bench.run_dir}", file=sys.stderr)
+        raise
+    finally:
+        loop.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1062,18 +1095,6 @@ def main() -> int:
     )
     parser.add_argument("--warmup-rate", type=float, default=50)
     parser.add_argument("--warmup-seconds", type=float, default=5)
-    parser.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=60,
-        help="give up on a phase when nothing progressed for this long",
-    )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=60,
-        help="wait up to this long for other processes to leave the CPUs alone before starting",
-    )
     parser.add_argument("--profile", action="store_true", help="attach py-spy to both bots after warm-up")
     parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument(
@@ -1088,30 +1109,13 @@ def main() -> int:
         "holds every contact, the worst case for memory); queued --census-chunk at a time",
     )
     parser.add_argument("--census-chunk", type=int, default=2000)
-    parser.add_argument(
-        "--workdir", help="run directory (default: a new temporary one, removed unless --keep)"
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the run directory (logs, world, config, DB)"
-    )
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    add_run_arguments(parser, wait_quiet=60, kept="logs, world, config, DB")
     args = parser.parse_args()
 
     bench = Bench(args)
-    loop = asyncio.new_event_loop()
-    main_task = loop.create_task(bench.run())
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, main_task.cancel)
-    try:
-        results = loop.run_until_complete(main_task)
-    except asyncio.CancelledError:
-        print(f"interrupted; processes stopped; logs in {bench.run_dir}", file=sys.stderr)
+    results = run_bench(bench)
+    if results is None:
         return 130
-    except Exception:
-        print(f"failed; logs in {bench.run_dir}", file=sys.stderr)
-        raise
-    finally:
-        loop.close()
     if not args.keep and not args.workdir:
         shutil.rmtree(bench.run_dir, ignore_errors=True)
     text = report(results)
