@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.wechaty_compat import isolate_bot, load_wechaty, register_secret
+from bot.wechaty_compat import cached_contact, isolate_bot, load_wechaty, register_secret
 from handlers.inbound import Inbound
 
 log = logging.getLogger(__name__)
@@ -299,10 +299,11 @@ class Connection:
             topic = room.payload.topic
         sender_name = ""
         if payload.from_id:
-            talker = bot.Contact.load(payload.from_id)
-            if not talker.is_ready() and not payload.room_id:
+            talker = cached_contact(bot, payload.from_id)
+            if talker is None and not payload.room_id:
+                talker = bot.Contact.load(payload.from_id)
                 await talker.ready()  # private messages are officers' commands and residents' requests
-            if talker.is_ready():
+            if talker is not None and talker.is_ready():
                 sender_name = talker.payload.name or ""
         return self._to_inbound(payload, topic, sender_name)
 

@@ -130,6 +130,13 @@ async def _nothing(*_args: object, **_kwargs: object) -> None:
     return None
 
 
+def cached_contact(bot: Any, contact_id: str) -> Any | None:
+    """The bot's Contact for ``contact_id`` if python-wechaty already holds one, without creating it:
+    ``Contact.load`` caches a new object for every id it is asked about, forever (in a district, an object
+    per resident that ever spoke, all of it for the garbage collector to walk)."""
+    return bot.Contact._pool.get(contact_id)  # the per-bot pool isolate_bot gives each bot
+
+
 def isolate_bot(bot: object) -> None:
     """Make one ``Wechaty`` instance safe to run beside (or after) another in the same process.
 

@@ -16,6 +16,7 @@ from bot.app import App, PuppetTarget
 from bot.config.loader import ConfigError
 from bot.connection import ConnectionFailed
 from bot.sandbox import Sandbox, load_world
+from bot.wechaty_compat import cached_contact
 from handlers.inbound import Inbound
 from tests.conftest import CHEN, FANGDIAN, JINXIU, WANG, Env, FakeClock, write_config
 
@@ -84,6 +85,8 @@ async def test_chit_chat_costs_no_contact_lookup_and_a_report_names_its_sender(e
     chat = await env.sandbox.say("wxid_res_02", "今晚吃火锅吗", room=JINXIU)
     assert await env.outcome_of(chat) == "quiet"
     assert asked["wxid_res_02"] == 0
+    assert env.app.connection is not None  # nor is a python-wechaty Contact kept for the talker
+    assert cached_contact(env.app.connection._bot, "wxid_res_02") is None
     await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
     ping = await env.bot_says(WANG, start, "烟焦味")
     assert "张阿姨" in ping["text"]
