@@ -75,3 +75,24 @@ def test_db_cli(tmp_path: Path, default_config_text: str) -> None:
     assert upgraded.returncode == 0 and f"(empty) -> {head_revision()}" in upgraded.stdout
     status = subprocess.run([*run, "status"], capture_output=True, text=True, timeout=120)
     assert f"revision {head_revision()}: current" in status.stdout
+
+
+async def test_processes_starting_together_on_an_empty_postgresql_create_the_schema_once() -> None:
+    """Station processes of a district often start at the same moment on a new database: each finds it
+    empty, and without a lock both would create the tables (the second failing on "already exists")."""
+    import asyncio
+    import uuid
+
+    from tests.conftest import PG_URL, _drop_postgres, _postgres
+
+    schema = f"gh_mig_{uuid.uuid4().hex[:10]}"
+    first = await _postgres(schema)
+    others = [Database(PG_URL, schema=schema) for _ in range(3)]
+    try:
+        outcomes = await asyncio.gather(*(ensure_current(db) for db in [first, *others]))
+        assert sorted(outcomes) == ["created", "current", "current", "current"]
+        assert await current_revision(first) == (head_revision(), True)
+    finally:
+        for db in [first, *others]:
+            await db.close()
+        await _drop_postgres(schema)
