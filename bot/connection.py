@@ -300,11 +300,10 @@ class Connection:
         sender_name = ""
         if payload.from_id:
             talker = cached_contact(bot, payload.from_id)
-            if talker is None and not payload.room_id:
-                talker = bot.Contact.load(payload.from_id)
-                await talker.ready()  # private messages are officers' commands and residents' requests
             if talker is not None and talker.is_ready():
                 sender_name = talker.payload.name or ""
+            elif not payload.room_id:  # private messages are officers' commands and residents' requests
+                sender_name = await self.contact_name(payload.from_id)
         return self._to_inbound(payload, topic, sender_name)
 
     async def contact_name(self, contact_id: str) -> str:

@@ -91,6 +91,8 @@ async def test_chit_chat_costs_no_contact_lookup_and_a_report_names_its_sender(e
     ping = await env.bot_says(WANG, start, "烟焦味")
     assert "张阿姨" in ping["text"]
     assert asked["wxid_res_01"] >= 1
+    # a contact the service does not know keeps its id for a name instead of losing the message
+    assert await env.app.connection.contact_name("wxid_ghost") == "wxid_ghost"
 
 
 async def test_officer_acknowledges_with_one_word(env: Env) -> None:
