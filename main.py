@@ -141,10 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(cmd_run(args))
 
 
-def _load_or_report(path: str) -> Any:
+def _load_or_report(path: str, *, district: bool = False) -> Any:
+    """The config (with ``district``, a district file's District when the file lists stations), or None after
+    printing what is wrong."""
+    from bot.config.district import is_district_file, load_district
     from bot.config.loader import ConfigError, load_config
 
     try:
+        if district and is_district_file(Path(path)):
+            return load_district(path)
         return load_config(path)
     except ConfigError as exc:
         print(f"配置无效 / invalid config: {path}", file=sys.stderr)
@@ -246,13 +251,15 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 async def cmd_db(args: argparse.Namespace) -> int:
-    config = _load_or_report(args.config)
-    if config is None:
+    loaded = _load_or_report(args.config, district=True)  # a district's stations share its database
+    if loaded is None:
         return 2
+    from bot.config.district import District
     from models.db import Database
     from models.migrate import current_revision, head_revision, upgrade
 
-    database = Database(config.database.url)
+    url = loaded.spec.database.url if isinstance(loaded, District) else loaded.database.url
+    database = Database(url)
     try:
         before, _ = await current_revision(database)
         if args.action == "upgrade":

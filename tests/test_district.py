@@ -69,6 +69,24 @@ def test_district_file_errors_name_their_file(tmp_path: Path) -> None:
         load_district(district)
 
 
+def test_db_upgrade_takes_the_district_file(tmp_path: Path) -> None:
+    """`main.py db upgrade --config district.yaml` upgrades the district's one database (the stations'
+    files are not needed for it, and a district's admin has no single station config to hand)."""
+    import subprocess
+
+    from models.migrate import head_revision
+
+    database = tmp_path / "district.db"
+    district = write_district(tmp_path, f"sqlite+aiosqlite:///{database}",
+                              {"huamu": "127.0.0.1:1", "lujiazui": "127.0.0.1:2"})
+    run = [sys.executable, str(ROOT / "main.py"), "db", "--config", str(district)]
+    upgraded = subprocess.run([*run, "upgrade"], capture_output=True, text=True, timeout=120)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"(empty) -> {head_revision()}" in upgraded.stdout and str(database) in upgraded.stdout
+    status = subprocess.run([*run, "status"], capture_output=True, text=True, timeout=120)
+    assert f"revision {head_revision()}: current" in status.stdout
+
+
 async def test_one_process_per_station_and_a_district_wide_warning(tmp_path: Path, scratch_pg_database: str) -> None:
     huamu = Sandbox(load_world(None), token="huamu-token-0001")
     lujiazui = Sandbox(parse_world(lujiazui_world(), source="lujiazui"), token="lujiazui-token-0002")
