@@ -4,16 +4,19 @@ aiosqlite runs every call (cursor, execute, fetch, close, commit) on a worker th
 back through ``call_soon_threadsafe``. SQLAlchemy's adapter makes several such calls per statement, so a
 one-row transaction cost ~1.9 ms of CPU (thread wake-ups, the self-pipe, GIL hand-overs) for ~0.03 ms of
 SQLite work (``benchmarks/district_pipeline.py``). SQLite on a local file answers the bot's statements in
-microseconds, so running them where they are awaited is cheaper than any hand-over; the price is that a
-statement blocks the loop while it runs, which is why the bot's SQLite connection is alone in its process
-(``models/db.py``: one pooled connection, so it never waits in SQLite's busy handler for a sibling) and why
-deployments with heavy reporting or several processes use PostgreSQL (asyncpg is natively asynchronous).
+microseconds, so running them where they are awaited is cheaper than any hand-over. The price is that a
+statement blocks the loop while it runs, including any wait in SQLite's busy handler for another process's
+write lock, which is why SQLite installations are one process and deployments with heavy reporting or
+several processes use PostgreSQL (asyncpg is natively asynchronous). Within the process no transaction
+yields to the loop halfway (every statement completes where it is awaited), so the stations of a district
+run in one process, each with its own pooled connection (``models/db.py``), never meet each other's lock.
 
 Commits run inline too, fsync included (synchronous=FULL: a report survives a power cut): handing only the
 commit to a thread was tried and cost more CPU per transaction (~0.4 ms) than the wait it freed.
 
-Only ``Connection._execute``, ``_connect`` and ``_tx`` (which SQLAlchemy's adapter uses directly to set the
-isolation level) are replaced; everything else is aiosqlite's own code.
+Replaced: the internals ``Connection._execute``, ``_connect`` and ``_tx`` (which SQLAlchemy's adapter uses
+directly to set the isolation level), and ``__await__`` and ``stop`` (no worker thread to start or stop);
+everything else is aiosqlite's own code.
 """
 
 from __future__ import annotations
