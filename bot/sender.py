@@ -35,9 +35,11 @@ CONCURRENT_SENDS = 8  # sends in flight at once, each to another conversation
 SETTLE_EVERY_SECONDS = 5.0  # how often to look for rows a dead sender left 'sending'
 # How long one attempt (membership check and send) may take. Well under STALE_CLAIM: a row still 'sending'
 # after STALE_CLAIM is taken for a dead sender's and queued again, so a slow but alive sender must have given
-# up on it long before, or it would go out twice. A send the service accepts after we gave up can still be
-# repeated by the retry; the echo receipts only settle rows whose sender died.
+# up on it long before, or it would go out twice.
 SEND_TIMEOUT = outbox.STALE_CLAIM / 3
+# A send we gave up on may still be accepted by the service; its echo then comes back. The retry waits at
+# least this long, and looks for that echo before sending again (``outbox.find_echo``).
+UNANSWERED_RETRY_AFTER = timedelta(seconds=15)
 
 
 class Transport(Protocol):
@@ -134,7 +136,10 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
             async with station.db.session() as session, session.begin():
                 claimed = await outbox.claim_many(session, [row.id for row in due], now)
             # rows another process claimed meanwhile are its to send
-            results = await _deliver_all(transport, [row for row in due if row.id in claimed])
+            mine = [row for row in due if row.id in claimed]
+            echoed = await _already_echoed(station, mine)
+            results = echoed + await _deliver_all(transport, [row for row in mine if row.id not in
+                                                              {r.row.id for r in echoed}])
             unsent = [row.id for row in due if row.id in claimed and row.id not in {r.row.id for r in results}]
             async with station.db.session() as session, session.begin():
                 recorded = [await _record(session, station, result, now) for result in results]
@@ -145,6 +150,23 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
                 pacer.sent(result.row, now)  # pacing counts from the claim, so a slow send does not stretch it
         _reraise_if_cancelled()  # Python 3.11's wait_for returns a result that lands with a cancellation
         # something went (the pacing changed, more rows may be due), or others claimed them: look again
+
+
+async def _already_echoed(station: Station, rows: list[OutboxMessage]) -> list[_Result]:
+    """Rows claimed before (an attempt without a clear answer, or a dead sender's) whose echo has come back
+    since: they went out, so they are recorded as sent instead of being sent again."""
+    again = [row for row in rows if row.claimed_at is not None]  # read before this round's claim
+    if not again:
+        return []
+    results = []
+    async with station.db.session() as session:
+        for row in again:
+            echo = await outbox.find_echo(session, row)
+            if echo is not None:
+                log.info("outbox #%s went out after all (its echo %s came back); not sending it again", row.id,
+                         echo.message_id)
+                results.append(_Result(row, message_id=echo.message_id))
+    return results
 
 
 class _NotMember(Exception):
@@ -164,6 +186,7 @@ class _Result:
     message_id: str | None = None
     error: str | None = None  # the attempt failed (retried later, or given up)
     not_member: bool = False  # a broadcast copy for a group the bot has left: skipped
+    unanswered: bool = False  # the attempt timed out: the service may still have sent it
     retry_at: datetime | None = None
 
 
@@ -176,11 +199,11 @@ async def _deliver(transport: Transport, row: OutboxMessage) -> _Result:
     except Exception as exc:
         _reraise_if_cancelled()
         # a timed-out attempt is a failed one, retried after the usual backoff (wait_for's error has no text)
-        error = (f"no answer within {SEND_TIMEOUT}" if isinstance(exc, TimeoutError)
-                 else f"{type(exc).__name__}: {exc}")
+        unanswered = isinstance(exc, TimeoutError)
+        error = f"no answer within {SEND_TIMEOUT}" if unanswered else f"{type(exc).__name__}: {exc}"
         log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, row.attempts + 1,
                     error)
-        return _Result(row, error=error)
+        return _Result(row, error=error, unanswered=unanswered)
 
 
 async def _deliver_in_order(transport: Transport, rows: list[OutboxMessage],
@@ -221,7 +244,10 @@ async def _record(session: AsyncSession, station: Station, result: _Result, clai
         return recorded
     if result.error is not None:
         attempt = row.attempts + 1
-        result.retry_at = station.now() + backoff(attempt) if attempt < MAX_ATTEMPTS else None
+        wait = backoff(attempt)
+        if result.unanswered:
+            wait = max(wait, UNANSWERED_RETRY_AFTER)  # time for a late acceptance's echo to come back
+        result.retry_at = station.now() + wait if attempt < MAX_ATTEMPTS else None
         recorded = await outbox.mark_attempt_failed(session, row.id, result.error, result.retry_at,
                                                     claimed_at=claimed_at)
         if recorded and result.retry_at is None and row.broadcast_id is not None:

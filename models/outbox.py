@@ -5,6 +5,10 @@ processes never both send it), then ``sent`` or, after its retries, ``failed``. 
 process that died is settled from the echo receipts (the puppet service sends the bot's own messages back)
 or else returned to ``pending``.
 
+The puppet service sends the bot's own messages back as events (echo receipts). An attempt that ended
+without a clear answer (no answer in time, a connection cut mid-call) may still have gone out; before such a
+row is sent again its echo is looked for, so that a late acceptance is not followed by a second copy.
+
 A claim is identified by its ``claimed_at``: a stale claim is only taken over ``STALE_CLAIM`` after it was
 made, so any later claim of the same row has a later ``claimed_at``. Settling a claimed row is conditional
 on that claim still holding, so a sender that was too slow cannot undo what another process did since.
@@ -27,6 +31,7 @@ PRIORITY_NORMAL = 5
 PRIORITY_BULK = 9  # broadcasts
 
 STALE_CLAIM = timedelta(seconds=60)
+ECHO_CLOCK_SLACK = timedelta(seconds=5)  # an echo is stamped when stored, a claim when made: allow for skew
 
 
 _MENTION_PREFIX = re.compile("^(?:@[^\u2005]*\u2005)+")
@@ -171,6 +176,20 @@ async def mark_attempt_failed(
     return True
 
 
+async def find_echo(session: AsyncSession, row: OutboxMessage) -> EchoReceipt | None:
+    """The echo of ``row`` since its last claim, if one came back: the same text in the same conversation,
+    and not an echo some other row was already settled by (the same words go to a group more than once)."""
+    since = (row.claimed_at or row.created_at) - ECHO_CLOCK_SLACK
+    taken = select(OutboxMessage.id).where(OutboxMessage.account == row.account,
+                                           OutboxMessage.sent_message_id == EchoReceipt.message_id)
+    return (await session.scalars(
+        select(EchoReceipt).where(EchoReceipt.account == row.account,
+                                  EchoReceipt.conversation_id == row.conversation_id,
+                                  EchoReceipt.text_hash == text_hash(row.text), EchoReceipt.at >= since,
+                                  ~taken.exists())
+        .order_by(EchoReceipt.id).limit(1))).first()
+
+
 class Reconciled(NamedTuple):
     sent: int  # settled as sent from their echo
     requeued: int  # returned to pending
@@ -184,11 +203,7 @@ async def reconcile_stale(session: AsyncSession, account: str, now: datetime) ->
                                     OutboxMessage.claimed_at <= now - STALE_CLAIM))).all()
     sent = requeued = 0
     for row in stale:
-        echo = (await session.scalars(
-            select(EchoReceipt).where(EchoReceipt.account == account, EchoReceipt.conversation_id == row.conversation_id,
-                                      EchoReceipt.text_hash.in_([text_hash(row.text)]),
-                                      EchoReceipt.at >= (row.claimed_at or row.created_at) - timedelta(seconds=5))
-            .order_by(EchoReceipt.id).limit(1))).first()
+        echo = await find_echo(session, row)
         if echo is not None:
             if await mark_sent(session, row.id, echo.at, echo.message_id, claimed_at=row.claimed_at):
                 sent += 1

@@ -49,7 +49,8 @@ class IncidentStatus(StrEnum):
 
 class Incident(Base):
     __tablename__ = "incidents"
-    __table_args__ = (Index("ix_incidents_station_status", "station_id", "status"),)
+    __table_args__ = (Index("ix_incidents_station_status", "station_id", "status"),
+                      Index("ix_incidents_room_route", "station_id", "room_id", "route_id", "created_at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     station_id: Mapped[str] = mapped_column(String(64))
@@ -113,7 +114,9 @@ class OutboxMessage(Base):
     """Every message the bot sends is written here first (in the transaction that decided it), then sent."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_account_status", "account", "status", "priority", "id"),)
+    __table_args__ = (Index("ix_outbox_account_status", "account", "status", "priority", "id"),
+                      Index("ix_outbox_sent", "account", "status", "is_room", "sent_at"),
+                      Index("ix_outbox_sent_message", "account", "sent_message_id"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     account: Mapped[str] = mapped_column(String(64))

@@ -226,9 +226,44 @@ async def test_a_send_without_answer_is_given_up_in_time_and_retried_later(
     # (the outer bound only turns a hang into a failure)
     assert await asyncio.wait_for(sender.drain_once(station, never, sender.Pacer(station)), 30) is None
     [row] = await outbox(database)
-    assert (row.status, row.attempts, row.not_before) == ("pending", 1, clock() + sender.backoff(1))
+    # retried no sooner than a late acceptance's echo would be back (see the next test)
+    assert (row.status, row.attempts, row.not_before) == ("pending", 1, clock() + sender.UNANSWERED_RETRY_AFTER)
+    assert sender.UNANSWERED_RETRY_AFTER > sender.backoff(1)
     assert row.last_error is not None and row.last_error.startswith("no answer within")
     assert never.sent == ["请处理"]
+
+
+async def test_a_send_accepted_after_we_gave_up_is_not_sent_twice(
+        database: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service may accept a send after the sender stopped waiting for it; the bot's own message then comes
+    back as an event. Before the retry sends again it looks for that echo: found, the row is recorded as sent
+    under the echo's id; not found, it is sent again. An echo that already settled one row does not settle a
+    second row with the same words."""
+    from bot import sender
+
+    monkeypatch.setattr(sender, "SEND_TIMEOUT", timedelta(milliseconds=50))
+    station = make_station(database, clock)
+
+    async def unanswered_then_retried(echo_id: str | None) -> tuple[OutboxMessage, list[str]]:
+        await _queue_ping(database, clock)
+        assert await asyncio.wait_for(sender.drain_once(station, HeldTransport("never"), sender.Pacer(station)),
+                                      30) is None
+        if echo_id is not None:  # the service sent it after all, and its echo came in
+            echo = resident_says("请处理", echo_id, clock, room=None, sender="wxid_gonghao_bot")
+            echo = Inbound(**{**echo.__dict__, "is_self": True, "to_id": "wxid_officer_wang"})
+            assert await pipeline.handle(station, echo) == "self"
+        clock.current += sender.UNANSWERED_RETRY_AFTER
+        later = HeldTransport("msg-again")
+        later.answer.set()
+        assert await sender.drain_once(station, later, sender.Pacer(station)) is None
+        return (await outbox(database))[-1], later.sent
+
+    row, resent = await unanswered_then_retried("late-1")
+    assert resent == []
+    assert (row.status, row.sent_message_id, row.attempts) == ("sent", "late-1", 2)
+    row, resent = await unanswered_then_retried(None)  # same words, same officer, no new echo
+    assert resent == ["请处理"]
+    assert (row.status, row.sent_message_id) == ("sent", "msg-again")
 
 
 @pytest.mark.parametrize("late", ["failure", "success"])
