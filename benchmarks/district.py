@@ -206,7 +206,7 @@ class Control:
         self.writer: asyncio.StreamWriter | None = None
 
     async def connect(self, port: int) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port, limit=2**26)
 
     async def call(self, op: str, timeout: float = 900, **fields: Any) -> dict[str, Any]:
         assert self.reader is not None and self.writer is not None
@@ -798,11 +798,12 @@ class Bench:
             async def probe(tag: str, rate: float) -> dict[str, Any]:
                 return await self.phase(db, bot, tag, rate=rate, seconds=a.probe_seconds, quiet=True)
 
-            out["search"] = await self.search("bot", probe, a.search_start_fraction * ceiling)
-            self.log(
-                f"bot sustained (highest steady rate kept up with): {out['search']['rate']:.0f} msg/s "
-                f"= {100 * out['search']['rate'] / ceiling:.0f}% of the bare ceiling"
-            )
+            if a.search_probes:
+                out["search"] = await self.search("bot", probe, a.search_start_fraction * ceiling)
+                self.log(
+                    f"bot sustained (highest steady rate kept up with): {out['search']['rate']:.0f} msg/s "
+                    f"= {100 * out['search']['rate'] / ceiling:.0f}% of the bare ceiling"
+                )
             for fraction in a.loads:
                 rate = fraction * ceiling
                 phase = await self.phase(
@@ -840,9 +841,13 @@ class Bench:
         try:
             self.results["others_before_percent"] = await quiet_machine(self.args.wait_quiet, self.log)
             await self.start_sandbox()
-            self.results["bare"] = await self.bare()
+            if self.args.ceiling:  # an experiment on the bot alone, at loads of a ceiling measured before
+                ceiling = self.args.ceiling
+            else:
+                self.results["bare"] = await self.bare()
+                ceiling = self.results["bare"]["search"]["rate"]
             if not self.args.bare_only:
-                self.results["full"] = await self.full(self.results["bare"]["search"]["rate"])
+                self.results["full"] = await self.full(ceiling)
             status = await self.control.call("status")
             self.results["sandbox"]["gc2_max_ms"] = status["gc2_max_ms"]
             self.results["sandbox"]["memory_end"] = proc_memory(self.sandbox.pid)
@@ -879,7 +884,7 @@ def _latency_cells(phase: dict[str, Any]) -> str:
 
 
 def report(results: dict[str, Any]) -> str:
-    if "full" not in results:
+    if "full" not in results or "bare" not in results or "search" not in results["full"]:
         return json.dumps({k: v for k, v in results.items() if k != "params"}, indent=1, default=str)
     m, p = results["machine"], results["params"]
     bare, full = results["bare"], results["full"]
@@ -1075,6 +1080,13 @@ def main() -> int:
         help="messages queued at once for the bare bot, to compare with the bot's flood (0: skip)",
     )
     parser.add_argument("--bare-only", action="store_true", help="measure the bare bot only (experiments)")
+    parser.add_argument(
+        "--ceiling",
+        type=float,
+        default=0,
+        help="an experiment on the bot alone: skip the bare bot and take this as its ceiling (msg/s); "
+        "with --search-probes 0 the bot's rate search is skipped too and the phases are printed as JSON",
+    )
     parser.add_argument(
         "--bare-max-in-flight",
         type=int,
