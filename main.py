@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[common], help="run the bot (the default command)")
     _run_arguments(run)
 
-    commands.add_parser("check", parents=[common], help="validate the config and exit (non-zero with the errors when invalid)")
+    commands.add_parser("check", parents=[common],
+                        help="validate the config and exit (non-zero with the errors when invalid)")
 
     route = commands.add_parser(
         "route", parents=[common], help="show which routes a message matches and why",
@@ -312,9 +313,8 @@ async def cmd_broadcasts(args: argparse.Namespace) -> int:
     from handlers.runtime import ConfigVersion, system_clock
     from handlers.texts import local_time
     from models.db import Database
-    from models.tables import Broadcast
-
     from models.migrate import ensure_current
+    from models.tables import Broadcast
 
     database = Database(config.database.url)
     try:

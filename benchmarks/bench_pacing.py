@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import yaml
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.app import App, PuppetTarget  # noqa: E402
-from bot.sandbox import Sandbox, load_world, parse_world  # noqa: E402
+from bot.sandbox import Sandbox, parse_world  # noqa: E402
 
 BOT = "wxid_gonghao_bot"
 
@@ -73,7 +74,7 @@ async def main() -> None:
             await app.stop()
         stamps = sorted(m["timestamp"] for room in sandbox.world.rooms for m in sandbox.messages(room.id)
                         if m["from"] == BOT)
-    gaps = [(b - a) / 1000 for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [(b - a) / 1000 for a, b in pairwise(stamps)]
     gaps.sort()
     configured = args.interval + args.jitter / 2
     print(f"groups {args.groups}, delivered {len(stamps)}, total {total:.1f} s")

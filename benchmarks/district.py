@@ -71,8 +71,8 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 import district_profile  # noqa: E402
-from machine_info import cpu_model  # noqa: E402
 import district_world  # noqa: E402
+from machine_info import cpu_model  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_LINE = "logged in and listening"

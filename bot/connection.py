@@ -102,7 +102,7 @@ class Connection:
                 connection.logins += 1
                 connection.logged_in_at = datetime.now(UTC)
                 connection.state = "connected"
-                log.info("logged in as %s (%s)%s", contact.name, contact.contact_id,
+                log.info("station %s logged in as %s (%s)%s", connection.account, contact.name, contact.contact_id,
                          f" (reconnect #{connection.reconnects})" if connection.reconnects else "")
                 connection.logged_in.set()
                 async with connection.login_changed:

@@ -12,8 +12,8 @@ import asyncio
 import copy
 import logging
 import random
-from contextlib import nullcontext
 from collections.abc import Awaitable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol

@@ -63,7 +63,8 @@ def may_broadcast_district(config: Config, officer: OfficerConfig) -> bool:
     return officer.role in config.broadcast.district_roles
 
 
-def targets(live: ConfigVersion, broadcast: Broadcast, peers: dict[str, ConfigVersion]) -> list[tuple[str, GroupConfig]]:
+def targets(live: ConfigVersion, broadcast: Broadcast,
+            peers: dict[str, ConfigVersion]) -> list[tuple[str, GroupConfig]]:
     """(sending station, group) for every copy: the own station's groups in scope, and for a district-wide
     warning every group of every other station, sent through that station's own account."""
     chosen = [(live.config.station.id, g) for g in live.config.groups if g.id in broadcast.scope]

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rapidfuzz.fuzz import ratio as sequence_ratio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rapidfuzz.fuzz import ratio as sequence_ratio
 
 from bot.config.loader import ConfigError, read_yaml
 from handlers.normalize import normalize

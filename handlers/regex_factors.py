@@ -20,31 +20,24 @@ want one set.
 from __future__ import annotations
 
 import re
+
+# the project needs Python 3.11+, where the regex parser lives in re._parser
+from re import _parser as sre_parse  # type: ignore[attr-defined]
+from re._constants import (  # type: ignore[attr-defined]
+    ASSERT,
+    ASSERT_NOT,
+    AT,
+    BRANCH,
+    IN,
+    LITERAL,
+    MAX_REPEAT,
+    MIN_REPEAT,
+    NEGATE,
+    POSSESSIVE_REPEAT,
+    RANGE,
+    SUBPATTERN,
+)
 from typing import Any
-
-try:  # Python 3.11+
-    from re import _parser as sre_parse  # type: ignore[attr-defined]
-    from re._constants import (  # type: ignore[attr-defined]
-        ASSERT,
-        ASSERT_NOT,
-        AT,
-        BRANCH,
-        IN,
-        LITERAL,
-        MAX_REPEAT,
-        MIN_REPEAT,
-        NEGATE,
-        POSSESSIVE_REPEAT,
-        RANGE,
-        SUBPATTERN,
-    )
-except ImportError:  # pragma: no cover - older layouts
-    import sre_parse  # type: ignore[no-redef]
-    from sre_constants import (  # type: ignore[no-redef]
-        ASSERT, ASSERT_NOT, AT, BRANCH, IN, LITERAL, MAX_REPEAT, MIN_REPEAT, NEGATE, RANGE, SUBPATTERN,
-    )
-
-    POSSESSIVE_REPEAT = object()
 
 MAX_CLASS = 12  # a character class up to this size becomes that many one-character factors
 MAX_FACTORS = 64

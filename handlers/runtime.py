@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.config.schema import Config, GroupConfig, OfficerConfig
-from handlers.routing import Router
 from handlers.metrics import Metrics
+from handlers.routing import Router
 from models.db import Database
 
 Clock = Callable[[], datetime]

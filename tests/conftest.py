@@ -8,6 +8,7 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +90,12 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 async def scratch_pg_database() -> AsyncIterator[str]:
     """A fresh PostgreSQL database (not just a schema) for tests that run the bot as a whole, even as
     separate processes; its URL. Dropped afterwards."""
+    async with scratch_pg() as url:
+        yield url
+
+
+@asynccontextmanager
+async def scratch_pg() -> AsyncIterator[str]:
     name = f"gonghao_scratch_{uuid.uuid4().hex[:8]}"
     admin = Database(PG_URL)
     async with admin.engine.connect() as connection:
@@ -167,20 +174,27 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, clock: FakeClock, default_config_text: str) -> AsyncIterator[Env]:
-    sandbox = Sandbox(load_world(None), token="e2e-test-token-0001")
-    await sandbox.start()
-    config_path = write_config(tmp_path, default_config_text)
-    app = App(config_path, puppet=PuppetTarget(sandbox.token, sandbox.endpoint), clock=clock, watch=False)
-    app.handled = asyncio.Queue()
-    try:
+def env_database() -> str:
+    """Where the ``env`` bot keeps its data: "sqlite" (a file in the test's directory) or "postgresql" (a
+    scratch database). A test parametrizes this name to run on both."""
+    return "sqlite"
+
+
+@pytest.fixture
+async def env(tmp_path: Path, clock: FakeClock, default_config_text: str, env_database: str) -> AsyncIterator[Env]:
+    async with AsyncExitStack() as stack:
+        url = await stack.enter_async_context(scratch_pg()) if env_database == "postgresql" else None
+        sandbox = Sandbox(load_world(None), token="e2e-test-token-0001")
+        await sandbox.start()
+        stack.push_async_callback(sandbox.stop)
+        config_path = write_config(tmp_path, default_config_text, url)
+        app = App(config_path, puppet=PuppetTarget(sandbox.token, sandbox.endpoint), clock=clock, watch=False)
+        app.handled = asyncio.Queue()
+        stack.push_async_callback(app.stop)
         await app.start()
         await app.wait_logged_in()
         # the first round of timers records who is on duty at the start (the return digest counts from it)
         await asyncio.wait_for(app.timers_ran.wait(), 10)
         yield Env(sandbox, app, clock, config_path)
-    finally:
-        await app.stop()
-        await sandbox.stop()
 
 

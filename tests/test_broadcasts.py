@@ -34,7 +34,8 @@ async def deliveries(database: Database) -> list[BroadcastDelivery]:
 
 async def test_draft_confirm_and_scope(database: Database, clock: FakeClock) -> None:
     station = make_station(database, clock)
-    outcome = await pipeline.handle(station, resident_says("预警【锦绣,芳甸】近期有人冒充客服退款", "w1", clock, **ZHOU))
+    outcome = await pipeline.handle(station, resident_says("预警【锦绣,芳甸】近期有人冒充客服退款", "w1", clock,
+                                                            **ZHOU))
     assert outcome == "broadcast_draft"
     assert await deliveries(database) == []  # nothing queued before confirmation
     assert await pipeline.handle(station, resident_says("确认", "w2", clock, **ZHOU)) == "broadcast_confirmed"
@@ -131,7 +132,8 @@ async def test_a_broadcast_left_sending_with_every_delivery_settled_is_finished(
 async def test_only_rostered_warning_officers_may_broadcast(database: Database, clock: FakeClock) -> None:
     station = make_station(database, clock)
     resident = {"sender": "wxid_res_01", "name": "张阿姨", "room": None}
-    assert await pipeline.handle(station, resident_says("预警 假消息", "r1", clock, **resident)) == "refused_not_officer"
+    refused = await pipeline.handle(station, resident_says("预警 假消息", "r1", clock, **resident))
+    assert refused == "refused_not_officer"
     wang = {"sender": "wxid_officer_wang", "name": "王警官", "room": None}  # a community officer
     assert await pipeline.handle(station, resident_says("预警 假消息", "r2", clock, **wang)) == "broadcast_refused"
     assert await pipeline.handle(station, resident_says("确认", "r3", clock, **wang)) == "broadcast_refused"
@@ -183,9 +185,9 @@ async def test_confirmed_warning_reaches_every_group_once_and_the_sender_hears_b
 
 async def test_pacing_and_an_urgent_report_overtaking_a_broadcast(tmp_path: Path, clock: FakeClock,
                                                                  default_config_text: str) -> None:
-    from bot.app import App, PuppetTarget
-
     import yaml
+
+    from bot.app import App, PuppetTarget
 
     data = yaml.safe_load(default_config_text)
     data["outbox"] = {"private_interval": "0s"}  # group pacing as configured; private messages unpaced here

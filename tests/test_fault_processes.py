@@ -185,7 +185,8 @@ async def test_bot_reconnects_on_its_own_when_the_sandbox_process_is_killed_and_
         second, endpoint2, web_url2 = await start_sandbox(tmp_path, env, grpc_port, web_port, "sandbox-2")
         children.append(second)
         assert (endpoint2, web_url2) == (endpoint, web_url) and second.process.pid != first.process.pid
-        await bot.wait_line(r"logged in as .*\(reconnect #\d+\)", start=relogins, timeout=RECONNECT_TIMEOUT)
+        await bot.wait_line(r"station huamu logged in as .*\(reconnect #\d+\)", start=relogins,
+                            timeout=RECONNECT_TIMEOUT)
 
         async with aiohttp.ClientSession(web_url) as http:
             async with http.get("/sandbox/api/world") as response:

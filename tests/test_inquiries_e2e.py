@@ -31,7 +31,7 @@ from tests.test_tickets import config_text
 ZHAO, LI = "wxid_officer_zhao", "wxid_officer_li"
 CONFIG_DATA = yaml.safe_load(config_text())
 GENERAL, GENERAL_NAME = next((o["wechat_id"], o["name"]) for o in CONFIG_DATA["officers"] if o["role"] == "general")
-BOT_MENTION = f"@花木派出所公号\u2005"
+BOT_MENTION = "@花木派出所公号\u2005"
 
 
 def world_with_every_officer() -> World:

@@ -29,7 +29,7 @@ async def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Data
         return
     import uuid
 
-    from tests.conftest import PG_URL, _drop_postgres, _postgres
+    from tests.conftest import _drop_postgres, _postgres
 
     schema = f"gh_mig_{uuid.uuid4().hex[:10]}"
     db = await _postgres(schema)
@@ -57,7 +57,7 @@ async def test_a_database_behind_the_code_is_refused(tmp_path: Path, default_con
     await upgrade(database)
     async with database.engine.begin() as connection:
         await connection.execute(text("UPDATE alembic_version SET version_num = 'old0'"))
-    with pytest.raises(SchemaOutdated, match="main.py db upgrade"):
+    with pytest.raises(SchemaOutdated, match=r"main\.py db upgrade"):
         await ensure_current(database)
     await database.close()
     app = App(write_config(tmp_path, default_config_text, database_url=url),

@@ -117,7 +117,8 @@ def test_oncall_cli_explains_why() -> None:
 def test_override_must_end_after_it_starts() -> None:
     from bot.config.loader import ConfigError
 
-    broken = ROTA.replace('from: "2026-11-24 12:00", to: "2026-11-24 14:00"', 'from: "2026-11-24 12:00", to: "2026-11-24 11:00"')
+    broken = ROTA.replace('from: "2026-11-24 12:00", to: "2026-11-24 14:00"',
+                          'from: "2026-11-24 12:00", to: "2026-11-24 11:00"')
     with pytest.raises(ConfigError) as caught:
         parse_config(broken)
     assert caught.value.issues[0].field == "overrides[0]"

@@ -11,6 +11,7 @@ import re
 import zoneinfo
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
+from itertools import pairwise
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -324,7 +325,7 @@ class EscalationChain(Strict):
     @field_validator("steps")
     @classmethod
     def _increasing(cls, steps: list[EscalationStep]) -> list[EscalationStep]:
-        for earlier, later in zip(steps, steps[1:], strict=False):
+        for earlier, later in pairwise(steps):
             if later.after <= earlier.after:
                 raise ValueError("steps must come in increasing order of 'after'")
         return steps
@@ -416,12 +417,14 @@ class TextsConfig(Strict):
     escalation_ping: str = (
         "【警情升级 #{{ incident.id }}】{{ route.category_label }} {{ incident.severity }}"
         "{% if incident.overdue %}（已超时）{% endif %}\n"
-        "已{{ minutes }}分钟无人确认{% if incident.report_count > 1 %}，共{{ incident.report_count }}位居民报告{% endif %}。\n"
+        "已{{ minutes }}分钟无人确认"
+        "{% if incident.report_count > 1 %}，共{{ incident.report_count }}位居民报告{% endif %}。\n"
         "群：{{ group.name }}\n居民：{{ resident.name }}\n内容：{{ message.text }}\n"
         "请回复“收到 {{ incident.id }}”确认接警。"
     )
     ack_reminder: str = (
-        "【提醒】警情 #{{ incident.id }}（{{ group.name }}，{{ route.category_label }}）已确认{{ minutes }}分钟，尚未办结。"
+        "【提醒】警情 #{{ incident.id }}（{{ group.name }}，{{ route.category_label }}）"
+        "已确认{{ minutes }}分钟，尚未办结。"
         "办结请回复“处理完毕 {{ incident.id }} 处理结果”。"
     )
     ack_expired: str = (
@@ -452,7 +455,8 @@ class TextsConfig(Strict):
         "不要把验证码告诉任何人。拿不准请拨打96110或110。"
     )
     scam_summary: str = (
-        "【诈骗线索 #{{ incident.id }}】{{ group.name }} {{ resident.name }}（{{ message.time }}）：{{ message.text }}\n"
+        "【诈骗线索 #{{ incident.id }}】{{ group.name }} {{ resident.name }}（{{ message.time }}）："
+        "{{ message.text }}\n"
         "回复“预警 草稿 {{ incident.id }}”可生成面向全所各群的预警草稿。"
     )
     resolved_group: str = "【{{ station.name }}】#{{ incident.id }} 已处理完毕：{{ result }}（{{ officer.name }}）"

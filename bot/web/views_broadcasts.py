@@ -250,8 +250,9 @@ async def confirm_broadcast(request: web.Request, officer: OfficerConfig) -> web
         elif _expired(live.config, found, now):
             outcome = "expired"
         else:
+            # None: another request confirmed or cancelled it since it was read above (a double tap)
             count = await broadcasts.confirm(s, live, found, now, _peers(st))
-            outcome = "started" if count or not found.scope else "already"
+            outcome = "already" if count is None else "started"
     if outcome == "started":
         st.outbox_ready.set()
         log.info("web: %s confirmed warning #%s", session_of(request).username, number)
