@@ -85,13 +85,15 @@ def _uncancel_grpclib_wakeups() -> None:
 
     def exit_(self: Any, exc_type: type[BaseException] | None, exc_val: BaseException | None,
               exc_tb: TracebackType | None) -> None:
-        task = asyncio.current_task()
-        woken: dict[asyncio.Task[Any], int] = self.__dict__.get("_gonghao_woken", {})
         # Only when the wake-up was delivered here: a cancel not delivered yet would still arrive later.
-        if task is not None and task in woken and exc_type is asyncio.CancelledError and self._error is not None:
-            for _ in range(woken.pop(task)):
-                if task.cancelling():
-                    task.uncancel()
+        # (Checked in this order because this runs on every gRPC call's every await.)
+        if exc_type is asyncio.CancelledError and self._error is not None:
+            task = asyncio.current_task()
+            woken: dict[asyncio.Task[Any], int] = self.__dict__.get("_gonghao_woken", {})
+            if task is not None and task in woken:
+                for _ in range(woken.pop(task)):
+                    if task.cancelling():
+                        task.uncancel()
         original_exit(self, exc_type, exc_val, exc_tb)
 
     wrapper.cancel = cancel  # type: ignore[method-assign]

@@ -131,9 +131,10 @@ def _still_claimed(row_id: int, claimed_at: datetime | None) -> list[ColumnEleme
 
 
 async def mark_sent(session: AsyncSession, row_id: int, now: datetime, sent_message_id: str | None, *,
-                    claimed_at: datetime | None = None) -> bool:
+                    claimed_at: datetime | None = None, broadcast: bool = True) -> bool:
     """Record a row as sent; returns whether it was. With ``claimed_at`` (what senders pass) only while the
-    row is still ``sending`` under that claim; without it unconditionally (for fixtures and tools)."""
+    row is still ``sending`` under that claim; without it unconditionally (for fixtures and tools). A caller
+    that knows the row is no broadcast copy passes ``broadcast=False`` and saves the delivery update."""
     result = await session.execute(
         update(OutboxMessage)
         .where(*_still_claimed(row_id, claimed_at))
@@ -143,6 +144,8 @@ async def mark_sent(session: AsyncSession, row_id: int, now: datetime, sent_mess
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False  # settled or taken over by another process meanwhile: its record stands
+    if not broadcast:
+        return True
     await session.execute(
         update(BroadcastDelivery).where(BroadcastDelivery.outbox_id == row_id)
         .values(status="sent", sent_at=now, attempts=BroadcastDelivery.attempts + 1)
@@ -205,7 +208,8 @@ async def reconcile_stale(session: AsyncSession, account: str, now: datetime) ->
     for row in stale:
         echo = await find_echo(session, row)
         if echo is not None:
-            if await mark_sent(session, row.id, echo.at, echo.message_id, claimed_at=row.claimed_at):
+            if await mark_sent(session, row.id, echo.at, echo.message_id, claimed_at=row.claimed_at,
+                               broadcast=row.broadcast_id is not None):
                 sent += 1
         else:
             result = await session.execute(update(OutboxMessage).where(*_still_claimed(row.id, row.claimed_at))

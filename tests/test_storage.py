@@ -352,3 +352,32 @@ async def test_sends_to_other_conversations_do_not_wait_behind_a_slow_one(databa
     assert transport.started.index("请处理1") < transport.started.index("请处理2")
     assert {r.text: r.status for r in await outbox(database)} == dict.fromkeys(
         ["请处理1", "回复甲", "请处理2", "回复乙"], "sent")
+
+
+async def test_the_per_minute_cap_on_group_messages_holds_across_rounds_and_processes(
+        database: Database, clock: FakeClock, tmp_path: Path) -> None:
+    """``outbox.group_per_minute`` counts the group messages every process of the account sent in the last
+    minute: the third of three due rows waits for the minute to pass, in this process and in another."""
+    import yaml
+
+    from bot import sender
+    from models import outbox as queue
+
+    data = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    data["outbox"] = {"group_interval": "0s", "group_jitter": "0s", "private_interval": "0s", "group_per_minute": 2}
+    config = load_config(write_config(tmp_path, yaml.safe_dump(data, allow_unicode=True), paced=True))
+    first, second = (Station(ConfigVersion.build(config), database, clock) for _ in range(2))
+    async with database.session() as session, session.begin():
+        for room in ("jinxiu@chatroom", "fangdian@chatroom", "lianyang@chatroom"):
+            queue.enqueue(session, account="huamu", conversation_id=room, is_room=True, text=f"提醒 {room}",
+                          now=clock(), kind="reply")
+    transport = PerConversationTransport(held=set())
+    assert await sender.drain_once(first, transport, sender.Pacer(first)) == 5.0  # capped: look again in 5 s
+    assert len(transport.finished) == 2
+    clock.current += timedelta(seconds=30)
+    assert await sender.drain_once(second, transport, sender.Pacer(second)) == 5.0  # counts the first's sends
+    assert len(transport.finished) == 2
+    clock.current += timedelta(seconds=31)
+    assert await sender.drain_once(second, transport, sender.Pacer(second)) is None
+    assert transport.finished == [f"提醒 {room}" for room in ("jinxiu@chatroom", "fangdian@chatroom",
+                                                             "lianyang@chatroom")]
