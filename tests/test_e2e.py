@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import select
 
 from bot import app as app_module
 from bot.app import App, PuppetTarget
@@ -18,6 +19,7 @@ from bot.connection import ConnectionFailed
 from bot.sandbox import Sandbox, load_world
 from bot.wechaty_compat import cached_contact
 from handlers.inbound import Inbound
+from models.tables import InboundMessage
 from tests.conftest import CHEN, FANGDIAN, JINXIU, WANG, Env, FakeClock, write_config
 
 
@@ -64,8 +66,8 @@ async def test_ordinary_chat_gets_no_reply(env: Env) -> None:
 async def test_a_report_ends_the_intake_holding_chit_chat_for_company(env: Env,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Under steady traffic the intake holds chit-chat back to batch it; a report arriving meanwhile is
-    handled at once (with the chat), not after the wait. The wait is set to an hour: the test can only pass
-    in time if the report cuts it short."""
+    handled at once (with the chat), not after the wait, and before the chat it was batched with. The wait is
+    set to an hour: the test can only pass in time if the report cuts it short."""
     monkeypatch.setattr(app_module, "LINGER_SECONDS", 3600)
     monkeypatch.setattr(app_module, "LINGER_BELOW_GAP", 3600)  # every arrival counts as steady traffic
     start = last_seq(env)
@@ -75,6 +77,9 @@ async def test_a_report_ends_the_intake_holding_chit_chat_for_company(env: Env,
     assert await env.outcome_of(chat) == "quiet"
     assert await env.outcome_of(report) == "incident:fire"
     await env.bot_says(JINXIU, start, "119")
+    async with env.app.station.db.session() as session:  # type: ignore[union-attr]
+        stored = (await session.scalars(select(InboundMessage.message_id).order_by(InboundMessage.id))).all()
+    assert stored[-2:] == [report, chat]  # the report's transaction came first
 
 
 async def test_chit_chat_costs_no_contact_lookup_and_a_report_names_its_sender(env: Env) -> None:
