@@ -375,3 +375,28 @@ async def test_a_send_cut_off_by_a_lost_connection_does_not_end_the_outbox_sende
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(sender, 10)
     assert sender.cancelled()  # and a real stop still stops it
+
+
+async def test_a_send_the_service_answers_too_late_goes_out_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The puppet service posts the reply to a report but answers only after the sender stopped waiting. The
+    bot's own message comes back as an event; the retry finds that echo and records the reply as sent under
+    its id instead of posting it a second time."""
+    from bot import sender
+
+    monkeypatch.setattr(sender, "SEND_TIMEOUT", timedelta(milliseconds=300))
+    env.sandbox.puppet.send_answer_delay = 2.0
+    start = env.sandbox.log.last_seq
+    await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
+    posted = await env.bot_says(JINXIU, start, "119")
+    assert env.app.station is not None
+    async with asyncio.timeout(10):  # the sender gave up on the answer and set the retry's time
+        while not [r for r in await outbox(env.app.station.db) if r.kind == "reply" and r.attempts == 1]:
+            await asyncio.sleep(0.02)
+    env.sandbox.puppet.send_answer_delay = 0.0
+    env.clock.current += sender.UNANSWERED_RETRY_AFTER  # the retry is due
+    env.app.station.outbox_ready.set()
+    async with asyncio.timeout(10):
+        while (reply := next(r for r in await outbox(env.app.station.db) if r.kind == "reply")).status != "sent":
+            await asyncio.sleep(0.02)
+    assert (reply.attempts, reply.sent_message_id) == (2, posted["id"])
+    assert len(env.bot_messages(JINXIU, start)) == 1

@@ -73,6 +73,9 @@ class PuppetService:
         self._streams: dict[asyncio.Queue[pb.EventResponse | None], object] = {}
         self._state_event = asyncio.Event()
         self.contact_payloads_asked: Counter[str] = Counter()  # contact id -> ContactPayload calls
+        # A fault for tests: a send is carried out (and echoed) at once but answered this many seconds later,
+        # as a real service under strain can do after the caller has stopped waiting.
+        self.send_answer_delay = 0.0
 
     # -- connection state ------------------------------------------------------
     @property
@@ -497,6 +500,8 @@ class PuppetService:
             to_id=None if is_room else target,
             mentions=list(request.mentonal_ids),  # sic: the proto field is misspelt
         )
+        if self.send_answer_delay:
+            await asyncio.sleep(self.send_answer_delay)
         return pb.MessageSendTextResponse(id=entry["id"])
 
 
