@@ -153,14 +153,23 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
             results = echoed + await _deliver_all(transport, [row for row in mine if row.id not in
                                                               {r.row.id for r in echoed}])
             unsent = [row.id for row in due if row.id in claimed and row.id not in {r.row.id for r in results}]
+            plain = {r.row.id: r.message_id for r in results  # sent, and no broadcast to finish
+                     if r.error is None and not r.not_member and r.row.broadcast_id is None}
             async with station.db.session() as session, session.begin():
-                recorded = [await _record(session, station, result, now) for result in results]
+                settled = await outbox.mark_many_sent(session, plain, station.now(), claimed_at=now)
+                recorded = [result.row.id in settled if result.row.id in plain
+                            else await _record(session, station, result, now) for result in results]
                 await outbox.release(session, unsent, now)
         for result, was_recorded in zip(results, recorded, strict=True):
+            if result.row.id in plain and not was_recorded:
+                log.warning("outbox #%s was taken over by another sender before its send here was recorded",
+                            result.row.id)
             _count(station, result, was_recorded)
             if result.error is None and not result.not_member:
                 pacer.sent(result.row, now)  # pacing counts from the claim, so a slow send does not stretch it
         _reraise_if_cancelled()  # Python 3.11's wait_for returns a result that lands with a cancellation
+        if len(rows) < ROUND_SIZE and len(due) == len(rows) and not station.outbox_ready.is_set():
+            return None  # everything pending was taken this round and nothing was committed since
         # something went (the pacing changed, more rows may be due), or others claimed them: look again
 
 

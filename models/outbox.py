@@ -21,7 +21,7 @@ import re
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.tables import BroadcastDelivery, EchoReceipt, OutboxMessage, OutboxStatus
@@ -29,6 +29,8 @@ from models.tables import BroadcastDelivery, EchoReceipt, OutboxMessage, OutboxS
 PRIORITY_URGENT = 0  # pings and replies to reports
 PRIORITY_NORMAL = 5
 PRIORITY_BULK = 9  # broadcasts
+
+_OUTBOX = OutboxMessage.__table__  # the sender's per-round statements skip the ORM's bulk-update machinery
 
 STALE_CLAIM = timedelta(seconds=60)
 ECHO_CLOCK_SLACK = timedelta(seconds=5)  # an echo is stamped when stored, a claim when made: allow for skew
@@ -101,11 +103,10 @@ async def claim_many(session: AsyncSession, row_ids: list[int], now: datetime) -
     if not row_ids:
         return set()
     result = await session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id.in_(row_ids), OutboxMessage.status == OutboxStatus.pending)
+        update(_OUTBOX)
+        .where(_OUTBOX.c.id.in_(row_ids), _OUTBOX.c.status == OutboxStatus.pending)
         .values(status=OutboxStatus.sending, claimed_at=now)
-        .returning(OutboxMessage.id)
-        .execution_options(synchronize_session=False)
+        .returning(_OUTBOX.c.id)
     )
     return set(result.scalars().all())
 
@@ -152,6 +153,23 @@ async def mark_sent(session: AsyncSession, row_id: int, now: datetime, sent_mess
         .execution_options(synchronize_session=False)
     )
     return True
+
+
+async def mark_many_sent(session: AsyncSession, sent: dict[int, str | None], now: datetime, *,
+                         claimed_at: datetime) -> set[int]:
+    """``mark_sent`` for the rows of one claim that are no broadcast copies, in one statement (a round's
+    replies and pings: one UPDATE per row was a third of the sender's time); the ids it recorded."""
+    if not sent:
+        return set()
+    result = await session.execute(
+        update(_OUTBOX)
+        .where(_OUTBOX.c.id.in_(list(sent)), _OUTBOX.c.status == OutboxStatus.sending,
+               _OUTBOX.c.claimed_at == claimed_at)
+        .values(status=OutboxStatus.sent, sent_at=now, attempts=_OUTBOX.c.attempts + 1,
+                sent_message_id=case(sent, value=_OUTBOX.c.id))
+        .returning(_OUTBOX.c.id)
+    )
+    return set(result.scalars().all())
 
 
 async def mark_attempt_failed(

@@ -381,3 +381,54 @@ async def test_the_per_minute_cap_on_group_messages_holds_across_rounds_and_proc
     assert await sender.drain_once(second, transport, sender.Pacer(second)) is None
     assert transport.finished == [f"提醒 {room}" for room in ("jinxiu@chatroom", "fangdian@chatroom",
                                                              "lianyang@chatroom")]
+
+
+async def test_a_row_committed_during_a_round_is_sent_before_the_round_ends(database: Database, clock: FakeClock,
+                                                                           tmp_path: Path) -> None:
+    """A round that took everything pending ends without reading again, unless a row was announced
+    meanwhile (``outbox_ready``): then it looks again and sends that one too."""
+    from bot import sender
+    from models import outbox as queue
+
+    unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
+    station = Station(ConfigVersion.build(load_config(unpaced)), database, clock)
+    await _queue_ping(database, clock)
+
+    class QueuesAnotherWhileSending(HeldTransport):
+        async def send(self, conversation_id: str, text: str, *, is_room: bool, mentions: list[str]) -> str | None:
+            self.sent.append(text)
+            if len(self.sent) == 1:  # the intake commits a new ping while the first is on its way
+                async with database.session() as session, session.begin():
+                    queue.enqueue(session, account="huamu", conversation_id="wxid_officer_li", is_room=False,
+                                  text="又一条", now=clock(), kind="ping")
+                station.outbox_ready.set()
+            return f"id-{len(self.sent)}"
+
+    transport = QueuesAnotherWhileSending("unused")
+    assert await sender.drain_once(station, transport, sender.Pacer(station)) is None
+    assert transport.sent == ["请处理", "又一条"]
+    assert [(r.status, r.sent_message_id) for r in await outbox(database)] == [("sent", "id-1"), ("sent", "id-2")]
+
+
+async def test_recording_a_rounds_sends_at_once_skips_rows_taken_over(database: Database, clock: FakeClock) -> None:
+    """``mark_many_sent`` records the rows still held by the round's claim, each with its own message id,
+    and leaves a row another sender has claimed since to that sender."""
+    from models import outbox as queue
+
+    async with database.session() as session, session.begin():
+        rows = [queue.enqueue(session, account="huamu", conversation_id=f"wxid_officer_{k}", is_room=False,
+                              text=f"请处理{k}", now=clock(), kind="ping") for k in range(3)]
+    ids = [row.id for row in rows]
+    claimed_at = clock()
+    async with database.session() as session, session.begin():
+        assert await queue.claim_many(session, ids, claimed_at) == set(ids)
+    later = claimed_at + queue.STALE_CLAIM
+    async with database.session() as session, session.begin():  # the last row is queued again and taken over
+        await queue.release(session, [ids[2]], claimed_at)
+        assert await queue.claim_many(session, [ids[2]], later) == {ids[2]}
+    async with database.session() as session, session.begin():
+        recorded = await queue.mark_many_sent(session, {ids[0]: "m-0", ids[1]: None, ids[2]: "m-2"}, later,
+                                              claimed_at=claimed_at)
+    assert recorded == {ids[0], ids[1]}
+    assert [(r.status, r.sent_message_id, r.attempts) for r in await outbox(database)] == [
+        ("sent", "m-0", 1), ("sent", None, 1), ("sending", None, 0)]
