@@ -88,6 +88,7 @@ class Connection:
         self.state = "idle"  # idle, connecting, connected, reconnecting, stopped
         self.unloadable = 0  # message events whose payload could not be fetched (logged, counted)
         self._pending: asyncio.Queue[Any] = asyncio.Queue()  # message events not loaded yet (tiny: ids)
+        self._rooms_loading: dict[str, asyncio.Future[None]] = {}  # RoomPayload calls in flight, by room
 
     def _build(self) -> Any:
         register_secret(self.token)
@@ -295,7 +296,8 @@ class Connection:
         topic = None
         if payload.room_id:
             room = bot.Room.load(payload.room_id)
-            await room.ready()  # one RoomPayload per room, then cached
+            if not room.is_ready():
+                await self._room_ready(room)
             topic = room.payload.topic
         sender_name = ""
         if payload.from_id:
@@ -305,6 +307,16 @@ class Connection:
             elif not payload.room_id:  # private messages are officers' commands and residents' requests
                 sender_name = await self.contact_name(payload.from_id)
         return self._to_inbound(payload, topic, sender_name)
+
+    async def _room_ready(self, room: Any) -> None:
+        """One RoomPayload per room, then cached by python-wechaty, even when several loaders meet a new
+        room at once (each used to fetch it, and python-wechaty warned "set payload more than once")."""
+        loading = self._rooms_loading.get(room.room_id)
+        if loading is None:
+            loading = asyncio.ensure_future(room.ready())
+            self._rooms_loading[room.room_id] = loading
+            loading.add_done_callback(lambda _: self._rooms_loading.pop(room.room_id, None))
+        await asyncio.shield(loading)  # a loader cancelled while waiting leaves the fetch to the others
 
     async def contact_name(self, contact_id: str) -> str:
         """A contact's WeChat name (one ContactPayload round trip unless cached); the id if there is none."""

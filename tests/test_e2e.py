@@ -229,3 +229,13 @@ async def test_invalid_config_is_refused_at_start(tmp_path: Path, default_config
 def test_inbound_is_plain_data() -> None:
     fields = set(Inbound.__dataclass_fields__)
     assert {"message_id", "sender_id", "room_id", "text", "mentions_bot", "sent_at", "is_self"} <= fields
+
+
+async def test_messages_from_a_new_room_arriving_together_fetch_its_payload_once(env: Env) -> None:
+    """Several loaders meeting a room the bot has not seen share one RoomPayload call (the service answers
+    it slowly here, so that they all meet it while it is in flight)."""
+    env.sandbox.puppet.answer_delay["RoomPayload"] = 0.5
+    assert env.sandbox.puppet.room_payloads_asked[FANGDIAN] == 0
+    said = [await env.sandbox.say("wxid_res_06", f"今天天气不错{k}", room=FANGDIAN) for k in range(5)]
+    assert [await env.outcome_of(message_id) for message_id in said] == ["quiet"] * 5
+    assert env.sandbox.puppet.room_payloads_asked[FANGDIAN] == 1

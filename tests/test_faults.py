@@ -384,7 +384,7 @@ async def test_a_send_the_service_answers_too_late_goes_out_once(env: Env, monke
     from bot import sender
 
     monkeypatch.setattr(sender, "SEND_TIMEOUT", timedelta(milliseconds=300))
-    env.sandbox.puppet.send_answer_delay = 2.0
+    env.sandbox.puppet.answer_delay["MessageSendText"] = 2.0
     start = env.sandbox.log.last_seq
     await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
     posted = await env.bot_says(JINXIU, start, "119")
@@ -392,7 +392,7 @@ async def test_a_send_the_service_answers_too_late_goes_out_once(env: Env, monke
     async with asyncio.timeout(10):  # the sender gave up on the answer and set the retry's time
         while not [r for r in await outbox(env.app.station.db) if r.kind == "reply" and r.attempts == 1]:
             await asyncio.sleep(0.02)
-    env.sandbox.puppet.send_answer_delay = 0.0
+    env.sandbox.puppet.answer_delay.clear()
     env.clock.current += sender.UNANSWERED_RETRY_AFTER  # the retry is due
     env.app.station.outbox_ready.set()
     async with asyncio.timeout(10):

@@ -73,9 +73,11 @@ class PuppetService:
         self._streams: dict[asyncio.Queue[pb.EventResponse | None], object] = {}
         self._state_event = asyncio.Event()
         self.contact_payloads_asked: Counter[str] = Counter()  # contact id -> ContactPayload calls
-        # A fault for tests: a send is carried out (and echoed) at once but answered this many seconds later,
-        # as a real service under strain can do after the caller has stopped waiting.
-        self.send_answer_delay = 0.0
+        self.room_payloads_asked: Counter[str] = Counter()  # room id -> RoomPayload calls
+        # A fault for tests, by RPC name ("MessageSendText", "RoomPayload"): the call is carried out at once
+        # (a send is posted and echoed) but answered this many seconds later, as a real service under
+        # strain can do, even after the caller has stopped waiting.
+        self.answer_delay: dict[str, float] = {}
 
     # -- connection state ------------------------------------------------------
     @property
@@ -437,6 +439,8 @@ class PuppetService:
 
     async def rpc_room_payload(self, request: pb.RoomPayloadRequest) -> pb.RoomPayloadResponse:
         room = self._room(request.id)
+        self.room_payloads_asked[room.id] += 1
+        await self._answer_later("RoomPayload")
         return pb.RoomPayloadResponse(
             id=room.id,
             topic=room.topic,
@@ -500,9 +504,12 @@ class PuppetService:
             to_id=None if is_room else target,
             mentions=list(request.mentonal_ids),  # sic: the proto field is misspelt
         )
-        if self.send_answer_delay:
-            await asyncio.sleep(self.send_answer_delay)
+        await self._answer_later("MessageSendText")
         return pb.MessageSendTextResponse(id=entry["id"])
+
+    async def _answer_later(self, rpc: str) -> None:
+        if self.answer_delay.get(rpc):
+            await asyncio.sleep(self.answer_delay[rpc])
 
 
 def _client_of(stream: Stream[Any, Any]) -> object:
