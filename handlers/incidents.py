@@ -152,8 +152,7 @@ async def open_incident(
         report_count=1,
     )
     start_chain(config, incident, now)
-    session.add(incident)
-    await session.flush()  # the incident number goes into the texts below
+    session.add(incident)  # written with its events and messages at the next flush (its number is known)
     add_event(session, incident, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
     context = incident_context(config, incident, route=route, group=group, officers=cover.officers)
 

@@ -245,8 +245,7 @@ async def open_ticket(
         breach_at=None if kb_settles else now + settings.sla,
         breached=False,
     )
-    session.add(ticket)
-    await session.flush()
+    session.add(ticket)  # written with its events and messages at the next flush (its number is known)
     _event(session, ticket, "opened", now, inbound.sender_id, inbound.text)
     _event(session, ticket, "assigned", now, officer.id, reason)
 
