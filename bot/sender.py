@@ -219,7 +219,8 @@ async def _deliver(transport: Transport, row: OutboxMessage) -> _Result:
         return _Result(row, not_member=True)
     except Exception as exc:
         _reraise_if_cancelled()
-        # a timed-out attempt is a failed one, retried after the usual backoff (wait_for's error has no text)
+        # a timed-out attempt is a failed one, retried after the usual backoff but no sooner than
+        # UNANSWERED_RETRY_AFTER (wait_for's error has no text)
         unanswered = isinstance(exc, TimeoutError)
         error = f"no answer within {SEND_TIMEOUT}" if unanswered else f"{type(exc).__name__}: {exc}"
         log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, row.attempts + 1,
