@@ -400,6 +400,7 @@ async def cmd_sandbox(args: argparse.Namespace) -> int:
 
 async def cmd_run_district(args: argparse.Namespace) -> int:
     """Several stations from a district file: every one in this process, or only --station."""
+    from bot import heap
     from bot.app import App, puppet_for
     from bot.config.district import load_district
     from bot.config.loader import ConfigError
@@ -437,6 +438,7 @@ async def cmd_run_district(args: argparse.Namespace) -> int:
         for app in apps:
             await app.start()
         await asyncio.gather(*(app.wait_logged_in(timeout=None) for app in apps))
+        heap.settle()
         print(f"公号已上线 / {len(apps)} station(s) logged in: "
               f"{', '.join(app.station.id for app in apps if app.station)}", flush=True)
         await asyncio.gather(*(app.run_until_stopped(stop) for app in apps))
@@ -451,6 +453,7 @@ async def cmd_run_district(args: argparse.Namespace) -> int:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
+    from bot import heap
     from bot.app import App, puppet_from_env
     from bot.config.district import is_district_file
     from bot.config.loader import ConfigError
@@ -491,6 +494,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     try:
         await app.start()
         await app.wait_logged_in(timeout=None)  # keeps trying an unreachable service; a refused token ends it
+        heap.settle()
         print("公号已上线 / the bot is logged in and listening. Ctrl-C stops it.", flush=True)
         if app.web is not None:
             print(f"管理后台 / admin web: {app.web.url}", flush=True)

@@ -271,7 +271,8 @@ class BotDatabase:
 
     def stages(self, samples: list[dict[str, Any]]) -> dict[str, list[float]]:
         """Per replied report: intake (emit -> stored), decide+queue (stored -> outbox claim),
-        send (claim -> reply at the sandbox), in seconds."""
+        send (claim -> reply at the sandbox), in seconds; each list in the order of ``samples`` (a sample
+        the database cannot place is skipped in all three, and its ``stages`` key is left unset)."""
         out: dict[str, list[float]] = {"intake": [], "decide+queue": [], "send": []}
         for sample in samples:
             received = self.connection.execute(
@@ -289,6 +290,7 @@ class BotDatabase:
             out["intake"].append(stored - sample["emitted_wall"])
             out["decide+queue"].append(claimed - stored)
             out["send"].append(sample["arrived_wall"] - claimed)
+            sample["stages"] = (out["intake"][-1], out["decide+queue"][-1], out["send"][-1])
         return out
 
     def close(self) -> None:
@@ -740,6 +742,12 @@ class Bench:
             "stages": {
                 name: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} for name, v in stages.items()
             },
+            # the five slowest replies: when in the phase (s), latency, intake, decide+queue, send (ms)
+            "slowest": [
+                [round(s["emitted_wall"] - emitted["start_wall"], 2), round(1000 * s["latency"])]
+                + [round(1000 * v) for v in s.get("stages", ())]
+                for s in sorted(got["samples"], key=lambda s: -s["latency"])[:5]
+            ],
             "cpu_percent": (used := cpu.percent(drained)),
             "cpu_ms_per_message": 1000 * used["bot_seconds"] / count if count else None,
             "memory": proc_memory(bot.pid),
