@@ -8,9 +8,9 @@ is over those objects are moved out of the collector's view (``gc.freeze``), so 
 only what has been allocated since.
 
 Frozen objects are still freed by reference counting; only a reference cycle among them is never reclaimed.
-A replaced config version leaves no such cycle (measured: a dropped ``ConfigVersion`` leaves nothing for the
-collector). The first connection's python-wechaty objects do, once, if the puppet service connection is
-rebuilt; later connections are not frozen and are collected as usual.
+A replaced config version leaves no such cycle (``tests/test_heap.py``). The first connection's
+python-wechaty objects, dropped when the connection to the puppet service is rebuilt, may hold cycles (not
+measured); if so they stay, once: later connections are not frozen and are collected as usual.
 """
 
 from __future__ import annotations
