@@ -21,7 +21,7 @@ from bot.wechaty_compat import prepare
 from handlers import pipeline
 from handlers.inbound import Inbound
 from models.db import Database
-from models.tables import InboundMessage, Incident, OutboxMessage
+from models.tables import EchoReceipt, InboundMessage, Incident, OutboxMessage
 from tests.conftest import BOT, JINXIU, WANG, Env, FakeClock, write_config
 from tests.test_storage import make_station, outbox, resident_says
 
@@ -392,6 +392,9 @@ async def test_a_send_the_service_answers_too_late_goes_out_once(env: Env, monke
     async with asyncio.timeout(10):  # the sender gave up on the answer and set the retry's time
         while not [r for r in await outbox(env.app.station.db) if r.kind == "reply" and r.attempts == 1]:
             await asyncio.sleep(0.02)
+    async with asyncio.timeout(10):  # and the echo of what the service did post has been stored
+        while not await _echo_stored(env, posted["id"]):
+            await asyncio.sleep(0.02)
     env.sandbox.puppet.answer_delay.clear()
     env.clock.current += sender.UNANSWERED_RETRY_AFTER  # the retry is due
     env.app.station.outbox_ready.set()
@@ -400,3 +403,10 @@ async def test_a_send_the_service_answers_too_late_goes_out_once(env: Env, monke
             await asyncio.sleep(0.02)
     assert (reply.attempts, reply.sent_message_id) == (2, posted["id"])
     assert len(env.bot_messages(JINXIU, start)) == 1
+
+
+async def _echo_stored(env: Env, message_id: str) -> bool:
+    assert env.app.station is not None
+    async with env.app.station.db.session() as session:
+        return await session.scalar(select(func.count()).select_from(EchoReceipt)
+                                    .where(EchoReceipt.message_id == message_id)) == 1
