@@ -400,7 +400,7 @@ async def cmd_sandbox(args: argparse.Namespace) -> int:
 
 async def cmd_run_district(args: argparse.Namespace) -> int:
     """Several stations from a district file: every one in this process, or only --station."""
-    from bot import heap
+    from bot import heap, loop_watch
     from bot.app import App, puppet_for
     from bot.config.district import load_district
     from bot.config.loader import ConfigError
@@ -434,11 +434,13 @@ async def cmd_run_district(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, lambda: [app.reload() for app in apps])
     code = 0
+    watch: loop_watch.LoopWatch | None = None
     try:
         for app in apps:
             await app.start()
         await asyncio.gather(*(app.wait_logged_in(timeout=None) for app in apps))
         heap.settle()
+        watch = loop_watch.watch_running_loop()
         print(f"公号已上线 / {len(apps)} station(s) logged in: "
               f"{', '.join(app.station.id for app in apps if app.station)}", flush=True)
         await asyncio.gather(*(app.run_until_stopped(stop) for app in apps))
@@ -446,6 +448,8 @@ async def cmd_run_district(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     finally:
+        if watch is not None:
+            watch.stop()
         for app in apps:
             await app.stop()
     print("已停止 / stopped.", flush=True)
@@ -453,7 +457,7 @@ async def cmd_run_district(args: argparse.Namespace) -> int:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from bot import heap
+    from bot import heap, loop_watch
     from bot.app import App, puppet_from_env
     from bot.config.district import is_district_file
     from bot.config.loader import ConfigError
@@ -491,10 +495,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.reload)  # `kill -HUP <pid>` reloads config.yaml
     code = 0
+    watch: loop_watch.LoopWatch | None = None
     try:
         await app.start()
         await app.wait_logged_in(timeout=None)  # keeps trying an unreachable service; a refused token ends it
         heap.settle()
+        watch = loop_watch.watch_running_loop()
         print("公号已上线 / the bot is logged in and listening. Ctrl-C stops it.", flush=True)
         if app.web is not None:
             print(f"管理后台 / admin web: {app.web.url}", flush=True)
@@ -509,6 +515,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         code = 1
     finally:
+        if watch is not None:
+            watch.stop()
         await app.stop()
         if sandbox is not None:
             await sandbox.stop()

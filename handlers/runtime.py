@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.config.schema import Config, GroupConfig, OfficerConfig
+from handlers.knowledge import knowledge_for
 from handlers.metrics import Metrics
 from handlers.routing import Router
 from models.db import Database
@@ -69,6 +70,9 @@ class ConfigVersion:
     @classmethod
     def build(cls, config: Config, source_text: str = "") -> ConfigVersion:
         digest = hashlib.sha256((source_text or config.model_dump_json()).encode()).hexdigest()[:12]
+        if config.inquiries.enabled:
+            # Read it now rather than on the first question: parsing it held the event loop for ~100 ms.
+            knowledge_for(config.inquiries.knowledge_base)
         return cls(
             config=config,
             router=Router(config),

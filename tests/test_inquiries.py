@@ -296,6 +296,22 @@ def test_edits_are_picked_up_and_a_broken_file_answers_nothing(tmp_path: Path) -
     assert knowledge_for(str(path)).entries == ()
 
 
+def test_a_config_version_reads_its_knowledge_base_when_built_not_on_the_first_question(tmp_path: Path) -> None:
+    from handlers.runtime import ConfigVersion
+
+    path = tmp_path / "kb.yaml"
+    path.write_text("entries:\n  - {id: a, title: 停车, category: general, questions: [小区停车怎么收费], "
+                    "answer: 找物业}\n", encoding="utf-8")
+    config = load_config(ROOT / "config.yaml")
+    config = config.model_copy(update={"inquiries": config.inquiries.model_copy(
+        update={"knowledge_base": str(path)})})
+    assert knowledge.resolve_path(str(path)) not in knowledge._cache
+    ConfigVersion.build(config)
+    _, loaded = knowledge._cache[knowledge.resolve_path(str(path))]
+    assert [e.id for e in loaded.entries] == ["a"]
+    assert knowledge_for(str(path)) is loaded
+
+
 # -- settings --------------------------------------------------------------------------------------------
 def test_settings_validation() -> None:
     assert SETTINGS.sla_hours == 24 and [r.total_seconds() / 3600 for r in SETTINGS.reminders] == [4, 20]
