@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import shutil
 import sys
 import tempfile
@@ -33,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 
 import district_world  # noqa: E402
 from district_traffic import Residents  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+from sqlalchemy import event, insert, text  # noqa: E402
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from bot.config.loader import load_config  # noqa: E402
@@ -80,6 +81,12 @@ async def run(url: str, schema: str | None, config_path: Path, rooms: dict[str, 
                                 sent_at=now + timedelta(milliseconds=i)))
     if args.pressing_only:  # reports, questions and commands alone: the path through the ORM
         inbounds = [m for m in inbounds if pipeline.prepare(station, m).pressing]
+    statements: collections.Counter[str] = collections.Counter()
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements[" ".join(statement.split())[:100]] += 1
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", count)
     times: list[float] = []
     cpu_began, began = time.process_time(), time.perf_counter()
     for start in range(0, len(inbounds), batch_size):
@@ -87,7 +94,12 @@ async def run(url: str, schema: str | None, config_path: Path, rooms: dict[str, 
         await pipeline.handle_batch(station, inbounds[start:start + batch_size])
         times.append(time.perf_counter() - batch_began)
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
+    event.remove(database.engine.sync_engine, "before_cursor_execute", count)
     await database.close()
+    if args.statements:
+        print(f"statements through SQLAlchemy, {batch_size} per batch, per message:")
+        for statement, n in statements.most_common():
+            print(f"  {n / len(inbounds):6.2f}  {statement}")
     times.sort()
     return {"messages": len(inbounds), "rate": len(inbounds) / elapsed, "cpu_ms": 1000 * cpu / len(inbounds),
             "p50_ms": 1000 * times[len(times) // 2], "p99_ms": 1000 * times[int(0.99 * (len(times) - 1))]}
@@ -102,6 +114,9 @@ async def main() -> int:
     parser.add_argument("--preload", type=lambda s: [int(x) for x in s.split(",")], default=[0, 100000])
     parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64, 256])
     parser.add_argument("--postgres", help="also measure on this PostgreSQL URL (a scratch schema)")
+    parser.add_argument("--statements", action="store_true",
+                        help="list the SQL statements sent through SQLAlchemy, per message (quiet batches on "
+                             "SQLite bypass it: see models/message_store.py)")
     parser.add_argument("--pressing-only", action="store_true",
                         help="of the --messages generated, keep only reports, questions and commands")
     args = parser.parse_args()

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.config.schema import Config, GroupConfig, OfficerConfig
 from handlers.runtime import ConfigVersion, Station
 from handlers.texts import incident_context, say
-from models.outbox import PRIORITY_BULK, PRIORITY_NORMAL, enqueue
+from models.outbox import PRIORITY_BULK, PRIORITY_NORMAL, enqueue, enqueue_row
 from models.tables import Broadcast, BroadcastDelivery, BroadcastStatus, Incident, OutboxMessage, OutboxStatus
 
 _ALL = {"", "全部", "所有", "全部群", "所有群", "all"}
@@ -128,15 +128,17 @@ async def confirm(session: AsyncSession, live: ConfigVersion, broadcast: Broadca
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return None
     text = group_text(config, broadcast)
-    count = 0
+    copies = []
     for station_id, group in targets(live, broadcast, peers or {}):
         room_id = group.room_id or group.topic or ""
-        row = enqueue(session, account=station_id, conversation_id=room_id, is_room=True, text=text, now=now,
-                      kind="broadcast", priority=PRIORITY_BULK, broadcast_id=broadcast.id)
-        await session.flush()
+        copies.append((station_id, group, room_id, enqueue_row(
+            session, account=station_id, conversation_id=room_id, is_room=True, text=text, now=now,
+            kind="broadcast", priority=PRIORITY_BULK, broadcast_id=broadcast.id)))
+    await session.flush()  # the copies' ids, for their deliveries
+    for station_id, group, room_id, row in copies:
         session.add(BroadcastDelivery(broadcast_id=broadcast.id, station_id=station_id, group_id=group.id,
                                       room_id=room_id, outbox_id=row.id, status="queued"))
-        count += 1
+    count = len(copies)
     if count == 0:
         await finish_if_done(session, None, broadcast.id, live=live, now=now)
     return count

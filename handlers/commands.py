@@ -22,10 +22,11 @@ from bot.config.schema import Config, OfficerConfig
 from handlers import broadcasts, tickets
 from handlers.escalation import group_of, start_chain
 from handlers.inbound import Inbound
-from handlers.incidents import ack_already_text, acknowledge, add_event, resolve
+from handlers.incidents import ack_already_text, acknowledge, resolve
 from handlers.oncall import roster
 from handlers.runtime import ConfigVersion
 from handlers.texts import incident_context, local_time, say
+from models.appends import add_incident_event
 from models.outbox import PRIORITY_URGENT, enqueue
 from models.tables import Broadcast, Incident, IncidentStatus
 
@@ -197,14 +198,14 @@ async def _transfer(session: AsyncSession, live: ConfigVersion, officer: Officer
     incident.acknowledged_at = incident.acknowledged_by = None
     incident.reminder_at = incident.ack_deadline_at = None
     start_chain(config, incident, now)
-    add_event(session, incident, "transferred", now, officer.id, f"to {target.id}")
+    add_incident_event(session, incident, "transferred", now, officer.id, f"to {target.id}")
     group = group_of(config, incident)
     context = incident_context(config, incident, group=group, officers=(target,))
     context["by"] = officer.name
     enqueue(session, account=config.station.id, conversation_id=target.wechat_id, is_room=False,
             text=say(config.texts.transfer_ping, context), now=now, kind="ping", priority=PRIORITY_URGENT,
             incident_id=incident.id)
-    add_event(session, incident, "pinged", now, target.id, "transferred")
+    add_incident_event(session, incident, "pinged", now, target.id, "transferred")
     answer(say(config.texts.transfer_officer, context))
     return "transferred"
 

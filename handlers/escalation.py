@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config.schema import Config, EscalationChain, GroupConfig, OfficerConfig, Role
 from handlers.oncall import coverage, roster
 from handlers.runtime import ConfigVersion, Station
 from handlers.texts import incident_context, say
+from models.appends import add_incident_event
 from models.outbox import PRIORITY_URGENT, enqueue
-from models.tables import Incident, IncidentEvent, IncidentStatus
+from models.tables import Incident, IncidentStatus
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,6 @@ async def run_due(station: Station) -> TickResult:
     return result
 
 
-def _event(session: AsyncSession, incident: Incident, kind: str, at: datetime, actor: str | None = None,
-           detail: str = "") -> None:
-    session.add(IncidentEvent(incident_id=incident.id, kind=kind, at=at, actor=actor, detail=detail))
-
-
 async def _take_step(station: Station, live: ConfigVersion, incident_id: int, now: datetime) -> tuple[bool, bool]:
     """Take the incident's due step if nobody else has; returns (taken, another step is due already)."""
     config = live.config
@@ -153,13 +148,14 @@ async def _take_step(station: Station, live: ConfigVersion, incident_id: int, no
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return False, False  # another process took it, or it was acknowledged meanwhile
         if chain is None:  # the chain was removed from the config: stop escalating, keep a trace
-            _event(session, incident, "escalation_stopped", now, None, f"chain {incident.chain_id!r} not in config")
+            add_incident_event(session, incident, "escalation_stopped", now, None,
+                               f"chain {incident.chain_id!r} not in config")
             return False, False
         await session.refresh(incident)
         step = chain.steps[min(step_index, len(chain.steps) - 1)]
         if step.overdue and not incident.overdue:
             incident.overdue = True
-            _event(session, incident, "overdue", now)
+            add_incident_event(session, incident, "overdue", now)
         group = group_of(config, incident)
         officers = resolve_targets(config, group, step.notify, now)
         context = incident_context(config, incident, group=group, officers=officers)
@@ -168,8 +164,8 @@ async def _take_step(station: Station, live: ConfigVersion, incident_id: int, no
         for officer in officers:
             enqueue(session, account=config.station.id, conversation_id=officer.wechat_id, is_room=False, text=text,
                     now=now, kind="escalation", priority=PRIORITY_URGENT, incident_id=incident.id)
-        _event(session, incident, "escalated", now, None,
-               f"step {step_index + 1} of chain {chain.id}: " + ", ".join(o.id for o in officers))
+        add_incident_event(session, incident, "escalated", now, None,
+                           f"step {step_index + 1} of chain {chain.id}: " + ", ".join(o.id for o in officers))
         log.info("incident #%s escalated (chain %s step %s) to %s", incident.id, chain.id, step_index + 1,
                  ", ".join(o.id for o in officers))
         return True, following is not None and following <= now
@@ -194,7 +190,7 @@ async def _remind(station: Station, live: ConfigVersion, incident_id: int, now: 
         enqueue(session, account=config.station.id, conversation_id=officer.wechat_id, is_room=False,
                 text=say(config.texts.ack_reminder, context), now=now, kind="reminder", priority=PRIORITY_URGENT,
                 incident_id=incident.id)
-        _event(session, incident, "reminded", now, officer.id)
+        add_incident_event(session, incident, "reminded", now, officer.id)
         return 1
 
 
@@ -218,7 +214,7 @@ async def _lapse(station: Station, live: ConfigVersion, incident_id: int, now: d
         start_chain(config, incident, now)
         incident.next_step_at = now  # escalate at once: it has waited long enough
         officer = config.officer(acknowledged_by or "")
-        _event(session, incident, "ack_lapsed", now, acknowledged_by)
+        add_incident_event(session, incident, "ack_lapsed", now, acknowledged_by)
         if officer is not None:
             context = incident_context(config, incident, group=group_of(config, incident), officers=(officer,))
             context["minutes"] = int((now - (acknowledged_at or now)).total_seconds() // 60)

@@ -17,14 +17,9 @@ from handlers.oncall import coverage
 from handlers.routing import RouteMatch
 from handlers.runtime import ConfigVersion
 from handlers.texts import incident_context, local_time, say
+from models.appends import add_incident_event
 from models.outbox import PRIORITY_URGENT, enqueue
 from models.tables import Incident, IncidentEvent, IncidentStatus, allocate_case_number
-
-
-def add_event(
-    session: AsyncSession, incident: Incident, kind: str, at: datetime, actor: str | None = None, detail: str = ""
-) -> None:
-    session.add(IncidentEvent(incident_id=incident.id, kind=kind, at=at, actor=actor, detail=detail))
 
 
 async def report(
@@ -47,7 +42,7 @@ async def report(
             session, live, inbound, group, match, now, source_message_row, reply_to_group
         )
         return incident, False
-    add_event(session, existing, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
+    add_incident_event(session, existing, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
     if reply_to_group:  # a flood of reports of one thing gets a bounded number of replies
         reply_to_group = not await _replied_recently(session, existing, now - live.config.intake.joined_reply_every)
     await session.execute(update(Incident).where(Incident.id == existing.id)
@@ -60,7 +55,7 @@ async def report(
         enqueue(session, account=live.config.station.id, conversation_id=inbound.room_id, is_room=True,
                 text=reply, now=now, kind="reply", priority=PRIORITY_URGENT, incident_id=existing.id,
                 mentions=[inbound.sender_id])
-        add_event(session, existing, "replied", now, None, reply)
+        add_incident_event(session, existing, "replied", now, None, reply)
     return existing, True
 
 
@@ -88,8 +83,9 @@ async def _maybe_raise_severity(
         return
     old = incident.severity
     incident.severity = rule.to.value
-    add_event(session, incident, "severity_raised", now, None, f"{old} -> {incident.severity}: {len(set(recent))} "
-              f"residents within {int(rule.within.total_seconds() // 60)} min")
+    add_incident_event(session, incident, "severity_raised", now, None,
+                       f"{old} -> {incident.severity}: {len(set(recent))} residents within "
+                       f"{int(rule.within.total_seconds() // 60)} min")
     start_chain(live.config, incident, now)  # the stricter chain now applies, from its first step
     cover = coverage(live.config, group, now)
     text = say(live.config.texts.severity_raised, incident_context(live.config, incident, group=group,
@@ -153,7 +149,7 @@ async def open_incident(
     )
     start_chain(config, incident, now)
     session.add(incident)  # written with its events and messages at the next flush (its number is known)
-    add_event(session, incident, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
+    add_incident_event(session, incident, "reported", inbound.sent_at, inbound.sender_id, inbound.text)
     context = incident_context(config, incident, route=route, group=group, officers=cover.officers)
 
     if reply_to_group and inbound.room_id:
@@ -171,7 +167,7 @@ async def open_incident(
         enqueue(session, account=config.station.id, conversation_id=inbound.room_id, is_room=True, text=reply,
                 now=now, kind="reply", priority=PRIORITY_URGENT, incident_id=incident.id,
                 mentions=[inbound.sender_id])
-        add_event(session, incident, "replied", now, None, reply)
+        add_incident_event(session, incident, "replied", now, None, reply)
 
     ping = say(route.ping or config.texts.ping, context)
     for officer in cover.officers:
@@ -192,7 +188,7 @@ def _tell_antifraud(session: AsyncSession, live: ConfigVersion, incident: Incide
     for officer in team:
         enqueue(session, account=config.station.id, conversation_id=officer.wechat_id, is_room=False, text=text,
                 now=now, kind="scam_summary", priority=PRIORITY_URGENT, incident_id=incident.id)
-    add_event(session, incident, "antifraud_told", now, None, ", ".join(o.id for o in team))
+    add_incident_event(session, incident, "antifraud_told", now, None, ", ".join(o.id for o in team))
 
 
 def _ping(
@@ -201,7 +197,7 @@ def _ping(
 ) -> None:
     enqueue(session, account=live.config.station.id, conversation_id=officer.wechat_id, is_room=False, text=text,
             now=now, kind="ping", priority=PRIORITY_URGENT, incident_id=incident.id)
-    add_event(session, incident, "pinged", now, officer.id, reason)
+    add_incident_event(session, incident, "pinged", now, officer.id, reason)
 
 
 @dataclass(frozen=True)
@@ -246,14 +242,14 @@ async def acknowledge(
         return AckResult(incident, "already")
 
     arm_acknowledged(config, incident, now)
-    add_event(session, incident, "acknowledged", now, officer.id)
+    add_incident_event(session, incident, "acknowledged", now, officer.id)
     group = next((g for g in config.groups if g.id == incident.group_id), None)
     context = incident_context(config, incident, group=group, officers=(officer,))
     if incident.room_id:
         text = say(config.texts.ack_group, context)
         enqueue(session, account=station_id, conversation_id=incident.room_id, is_room=True, text=text, now=now,
                 kind="ack", priority=PRIORITY_URGENT, incident_id=incident.id)
-        add_event(session, incident, "group_told", now, None, text)
+        add_incident_event(session, incident, "group_told", now, None, text)
     return AckResult(incident, "acknowledged")
 
 
@@ -294,7 +290,7 @@ async def resolve(
         return ResolveResult(incident, "already")
     if incident.acknowledged_at is None:  # resolving implies it was taken in hand
         incident.acknowledged_at, incident.acknowledged_by = now, actor_id
-    add_event(session, incident, "resolved", now, actor_id, result_text)
+    add_incident_event(session, incident, "resolved", now, actor_id, result_text)
     if incident.room_id:
         group = next((g for g in config.groups if g.id == incident.group_id), None)
         context = incident_context(config, incident, group=group)
@@ -303,5 +299,5 @@ async def resolve(
         text = say(config.texts.resolved_group, context)
         enqueue(session, account=config.station.id, conversation_id=incident.room_id, is_room=True, text=text,
                 now=now, kind="result", priority=PRIORITY_URGENT, incident_id=incident.id)
-        add_event(session, incident, "group_told", now, None, text)
+        add_incident_event(session, incident, "group_told", now, None, text)
     return ResolveResult(incident, "resolved")

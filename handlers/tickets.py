@@ -38,10 +38,11 @@ from handlers.normalize import normalize
 from handlers.oncall import coverage, roster
 from handlers.runtime import ConfigVersion, Station
 from handlers.texts import local_time, say
+from models.appends import add_ticket_event
 from models.base import UTCDateTime
 from models.outbox import PRIORITY_NORMAL, enqueue
 from models.tables import allocate_case_number
-from models.tickets import Ticket, TicketEvent, TicketStatus
+from models.tickets import Ticket, TicketStatus
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,6 @@ def settings_of(config: Config) -> InquirySettings:
 
 def group_of(config: Config, ticket: Ticket) -> GroupConfig | None:
     return next((g for g in config.groups if g.id == ticket.group_id), None)
-
-
-def _event(session: AsyncSession, ticket: Ticket, kind: str, at: datetime, actor: str | None = None,
-           detail: str = "") -> None:
-    session.add(TicketEvent(ticket_id=ticket.id, kind=kind, at=at, actor=actor, detail=detail))
 
 
 def _at(value: datetime) -> Any:
@@ -208,10 +204,10 @@ async def open_ticket(
     settings = settings_of(config)
     repeat = await _repeat_of(session, config, settings, inbound, match, now)
     if repeat is not None:
-        _event(session, repeat, "asked_again", now, inbound.sender_id, inbound.text)
+        add_ticket_event(session, repeat, "asked_again", now, inbound.sender_id, inbound.text)
         text = say(settings.texts.asked_again, ticket_context(config, repeat, group=group))
         _to_group(session, config, repeat, text, now, "inquiry_reply")
-        _event(session, repeat, "acknowledged", now, None, text)
+        add_ticket_event(session, repeat, "acknowledged", now, None, text)
         return Opened(repeat, True)
 
     category = categorize(settings, inbound.text, match)
@@ -246,8 +242,8 @@ async def open_ticket(
         breached=False,
     )
     session.add(ticket)  # written with its events and messages at the next flush (its number is known)
-    _event(session, ticket, "opened", now, inbound.sender_id, inbound.text)
-    _event(session, ticket, "assigned", now, officer.id, reason)
+    add_ticket_event(session, ticket, "opened", now, inbound.sender_id, inbound.text)
+    add_ticket_event(session, ticket, "assigned", now, officer.id, reason)
 
     entry = match.entry if match else None
     context = ticket_context(config, ticket, group=group, officer=officer, entry=entry)
@@ -255,12 +251,12 @@ async def open_ticket(
     if not on_shift(config, officer, now) and settings.texts.off_shift_note:
         reply += "\n" + say(settings.texts.off_shift_note, context)
     _to_group(session, config, ticket, reply, now, "inquiry_reply")
-    _event(session, ticket, "kb_answered" if entry else "acknowledged", now, None,
-           f"{entry.id} ({match.score:.2f})" if entry and match else reply)
+    add_ticket_event(session, ticket, "kb_answered" if entry else "acknowledged", now, None,
+                     f"{entry.id} ({match.score:.2f})" if entry and match else reply)
     if kb_settles:
-        _event(session, ticket, "responded", now, "kb", "knowledge-base answer")
+        add_ticket_event(session, ticket, "responded", now, "kb", "knowledge-base answer")
     _to_officer(session, config, officer, say(settings.texts.ping, context), now, "inquiry_ping")
-    _event(session, ticket, "pinged", now, officer.id, reason)
+    add_ticket_event(session, ticket, "pinged", now, officer.id, reason)
     log.info("inquiry #%s opened in %s (%s, %s) for %s%s", ticket.id, ticket.group_name, detected_by,
              category, officer.id, f", answered from the knowledge base: {entry.id}" if entry else "")
     return Opened(ticket, False)
@@ -284,11 +280,11 @@ async def _respond(session: AsyncSession, ticket: Ticket, actor: str, via: str, 
         return False
     was_breached = ticket.breached
     await session.refresh(ticket)
-    _event(session, ticket, "responded", now, actor, via)
+    add_ticket_event(session, ticket, "responded", now, actor, via)
     if late and not was_breached:
         minutes_late = int((now - ticket.due_at).total_seconds() // 60)
-        _event(session, ticket, "breached", now, None,
-               f"first response after the deadline ({minutes_late} min late)")
+        add_ticket_event(session, ticket, "breached", now, None,
+                         f"first response after the deadline ({minutes_late} min late)")
     return True
 
 
@@ -329,7 +325,7 @@ async def record_group_response(session: AsyncSession, live: ConfigVersion, inbo
     responded = []
     for ticket in chosen:
         if await _respond(session, ticket, officer.id, "group", now):
-            _event(session, ticket, "answered", now, officer.id, inbound.text)
+            add_ticket_event(session, ticket, "answered", now, officer.id, inbound.text)
             responded.append(ticket)
             log.info("inquiry #%s responded by %s in the group", ticket.id, officer.id)
     return responded
@@ -354,7 +350,7 @@ async def answer_ticket(session: AsyncSession, live: ConfigVersion, ticket: Tick
     await _respond(session, ticket, actor.id, "private", now)
     context = ticket_context(config, ticket, group=group_of(config, ticket), by=actor.name, text=text)
     _to_group(session, config, ticket, say(settings.texts.answer_group, context), now, "inquiry_answer")
-    _event(session, ticket, "answered", now, actor.id, text)
+    add_ticket_event(session, ticket, "answered", now, actor.id, text)
     return "answered"
 
 
@@ -376,7 +372,7 @@ async def feedback_ticket(session: AsyncSession, live: ConfigVersion, ticket: Ti
             return "closed"
     context = ticket_context(config, ticket, group=group_of(config, ticket), by=actor.name, text=text)
     _to_group(session, config, ticket, say(settings.texts.feedback_group, context), now, "inquiry_feedback")
-    _event(session, ticket, "feedback", now, actor.id, text)
+    add_ticket_event(session, ticket, "feedback", now, actor.id, text)
     return "feedback"
 
 
@@ -407,11 +403,11 @@ async def close_ticket(session: AsyncSession, live: ConfigVersion, ticket: Ticke
     if changed.rowcount != 1:  # type: ignore[attr-defined]
         return "already"
     if ticket.responded_at == now and ticket.responded_via == "close":
-        _event(session, ticket, "responded", now, actor_id, "close")
+        add_ticket_event(session, ticket, "responded", now, actor_id, "close")
     if late and not was_breached and ticket.breached:
-        _event(session, ticket, "breached", now, None,
-               "closed after the deadline without an earlier response")
-    _event(session, ticket, "closed", now, actor_id, result_text)
+        add_ticket_event(session, ticket, "breached", now, None,
+                         "closed after the deadline without an earlier response")
+    add_ticket_event(session, ticket, "closed", now, actor_id, result_text)
     context = ticket_context(config, ticket, group=group_of(config, ticket), by=actor_name,
                              result=result_text)
     _to_group(session, config, ticket, say(settings.texts.closed_group, context), now, "inquiry_result")
@@ -496,10 +492,10 @@ async def transfer_command(session: AsyncSession, live: ConfigVersion, officer: 
     previous = ticket.assignee
     ticket.assignee = target.id
     ticket.assignee_reason = f"transferred by {officer.id}"
-    _event(session, ticket, "transferred", now, officer.id, f"{previous} -> {target.id}")
+    add_ticket_event(session, ticket, "transferred", now, officer.id, f"{previous} -> {target.id}")
     context = ticket_context(config, ticket, group=group_of(config, ticket), officer=target, by=officer.name)
     _to_officer(session, config, target, say(settings.texts.transfer_ping, context), now, "inquiry_ping")
-    _event(session, ticket, "pinged", now, target.id, "transferred")
+    add_ticket_event(session, ticket, "pinged", now, target.id, "transferred")
     reply(say(settings.texts.transfer_officer, context))
     return "inquiry_transferred"
 
@@ -581,7 +577,7 @@ async def _remind(station: Station, live: ConfigVersion, ticket_id: int, now: da
         context = ticket_context(config, ticket, group=group, officer=officer, hours=hours)
         text = say(settings.texts.reminder, context)
         _to_officer(session, config, officer, text, now, "inquiry_reminder")
-        _event(session, ticket, "reminded", now, officer.id, f"{hours} h after the question")
+        add_ticket_event(session, ticket, "reminded", now, officer.id, f"{hours} h after the question")
         log.info("inquiry #%s: reminded %s (%s h)", ticket.id, officer.id, hours)
         return 1
 
@@ -605,7 +601,7 @@ async def _breach(station: Station, live: ConfigVersion, ticket_id: int, now: da
         await session.refresh(ticket)
         group = group_of(config, ticket)
         assignee = config.officer(ticket.assignee)
-        _event(session, ticket, "breached", now, None, f"no response within {settings.sla_hours} h")
+        add_ticket_event(session, ticket, "breached", now, None, f"no response within {settings.sla_hours} h")
         targets: list[OfficerConfig] = []
         for target in settings.escalate_to:
             targets.extend(o for o in resolve_target(config, group, target, now) if o not in targets)
@@ -613,7 +609,7 @@ async def _breach(station: Station, live: ConfigVersion, ticket_id: int, now: da
         text = say(settings.texts.breach_supervisor, context)
         for officer in targets:
             _to_officer(session, config, officer, text, now, "inquiry_breach")
-        _event(session, ticket, "escalated", now, None, ", ".join(o.id for o in targets))
+        add_ticket_event(session, ticket, "escalated", now, None, ", ".join(o.id for o in targets))
         if assignee is not None and assignee not in targets:
             _to_officer(session, config, assignee, say(settings.texts.breach_assignee, context), now,
                         "inquiry_reminder")

@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from models.appends import append
 from models.tables import BroadcastDelivery, EchoReceipt, OutboxMessage, OutboxStatus
 
 PRIORITY_URGENT = 0  # pings and replies to reports
@@ -44,34 +45,37 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(_MENTION_PREFIX.sub("", text).encode("utf-8")).hexdigest()
 
 
-def enqueue(
-    session: AsyncSession,
-    *,
-    account: str,
-    conversation_id: str,
-    is_room: bool,
-    text: str,
-    now: datetime,
-    kind: str,
-    priority: int = PRIORITY_NORMAL,
-    incident_id: int | None = None,
-    mentions: list[str] | None = None,
-    broadcast_id: int | None = None,
-) -> OutboxMessage:
-    row = OutboxMessage(
-        account=account,
-        conversation_id=conversation_id,
-        is_room=is_room,
-        text=text,
-        mentions=mentions or [],
-        priority=priority,
-        kind=kind,
-        incident_id=incident_id,
-        broadcast_id=broadcast_id,
-        status=OutboxStatus.pending,
-        attempts=0,
-        created_at=now,
-    )
+class Outgoing(TypedDict):
+    """What a queued message says and where it goes."""
+
+    account: str
+    conversation_id: str
+    is_room: bool
+    text: str
+    now: datetime
+    kind: str
+    priority: NotRequired[int]  # PRIORITY_NORMAL unless given
+    incident_id: NotRequired[int | None]
+    mentions: NotRequired[list[str] | None]
+    broadcast_id: NotRequired[int | None]
+
+
+def _row(message: Outgoing) -> dict[str, Any]:
+    return {"account": message["account"], "conversation_id": message["conversation_id"],
+            "is_room": message["is_room"], "text": message["text"], "mentions": message.get("mentions") or [],
+            "priority": message.get("priority", PRIORITY_NORMAL), "kind": message["kind"],
+            "incident_id": message.get("incident_id"), "broadcast_id": message.get("broadcast_id"),
+            "status": OutboxStatus.pending, "attempts": 0, "created_at": message["now"]}
+
+
+def enqueue(session: AsyncSession, **message: Unpack[Outgoing]) -> None:
+    """Queue a message in the session's transaction (written in bulk with the others: ``models.appends``)."""
+    append(session, _OUTBOX, _row(message))
+
+
+def enqueue_row(session: AsyncSession, **message: Unpack[Outgoing]) -> OutboxMessage:
+    """``enqueue`` for a caller that needs the row itself (its id once flushed): an ORM object."""
+    row = OutboxMessage(**_row(message))
     session.add(row)
     return row
 

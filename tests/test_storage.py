@@ -160,10 +160,10 @@ async def test_interrupted_send_is_settled_by_its_echo_or_sent_again(database: D
 
     station = make_station(database, clock)
     async with database.session() as session, session.begin():
-        echoed = queue.enqueue(session, account="huamu", conversation_id="jinxiu@chatroom", is_room=True,
-                               text="回复甲", now=clock(), kind="reply", mentions=["wxid_res_01"])
-        lost = queue.enqueue(session, account="huamu", conversation_id="jinxiu@chatroom", is_room=True,
-                             text="回复乙", now=clock(), kind="reply")
+        echoed = queue.enqueue_row(session, account="huamu", conversation_id="jinxiu@chatroom", is_room=True,
+                                   text="回复甲", now=clock(), kind="reply", mentions=["wxid_res_01"])
+        lost = queue.enqueue_row(session, account="huamu", conversation_id="jinxiu@chatroom", is_room=True,
+                                 text="回复乙", now=clock(), kind="reply")
     async with database.session() as session, session.begin():
         assert await queue.claim(session, echoed.id, clock()) and await queue.claim(session, lost.id, clock())
         assert not await queue.claim(session, lost.id, clock())  # a second sender cannot take it
@@ -416,7 +416,7 @@ async def test_recording_a_rounds_sends_at_once_skips_rows_taken_over(database: 
     from models import outbox as queue
 
     async with database.session() as session, session.begin():
-        rows = [queue.enqueue(session, account="huamu", conversation_id=f"wxid_officer_{k}", is_room=False,
+        rows = [queue.enqueue_row(session, account="huamu", conversation_id=f"wxid_officer_{k}", is_room=False,
                               text=f"请处理{k}", now=clock(), kind="ping") for k in range(3)]
     ids = [row.id for row in rows]
     claimed_at = clock()

@@ -35,7 +35,7 @@ from bot.web.server import AdminWeb, metrics_of, safe_next, start_admin_web
 from bot.web.svg import bar_chart, nice_ceiling
 from bot.web.views_base import METRICS_KEY
 from handlers.metrics import Metrics, outcome_kind
-from models.outbox import enqueue
+from models.outbox import enqueue_row
 from models.tables import Incident, OutboxMessage
 from tests.conftest import FANGDIAN, JINXIU, ROOT, WANG, Env, FakeClock, write_config
 
@@ -555,7 +555,7 @@ async def test_metrics_scrape(web: WebEnv) -> None:
     station = web.app.station
     assert station is not None
     async with station.db.session() as s, s.begin():  # a row the sender must not touch yet
-        row = enqueue(s, account=station.id, conversation_id=JINXIU, is_room=True, text="稍后发送",
+        row = enqueue_row(s, account=station.id, conversation_id=JINXIU, is_room=True, text="稍后发送",
                       now=station.now(), kind="broadcast")
         row.not_before = station.now() + timedelta(days=365)
     async with web.client().http.get("/metrics") as response:
