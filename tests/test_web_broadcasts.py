@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -321,13 +322,43 @@ async def test_broadcast_console_in_a_browser(console: WebEnv, tmp_path: Path) -
 async def test_a_double_tapped_confirm_sends_once_and_says_so(console: WebEnv) -> None:
     """Two confirms of one draft sent at once (a double tap, two tabs): one starts it, the other is told it is
     no longer a draft; one delivery per group. (Here the second request reads the broadcast after the first
-    has committed; the narrower race, both reading the draft before either claims it, is answered by
-    ``broadcasts.confirm`` returning None and is not reproduced by this test.)"""
+    has committed; the narrower race is the next test.)"""
     zhou = await login(console, "zhou_web")
     number = number_of(await draft(zhou))
     token = (await zhou.get(f"/broadcasts/{number}")).csrf()
     taps = await asyncio.gather(*(zhou.request("POST", f"/broadcasts/{number}/confirm", {"csrf_token": token})
                                   for _ in range(2)))
+    assert sorted(tap.location for tap in taps) == [f"/broadcasts/{number}?notice=already",
+                                                     f"/broadcasts/{number}?notice=started"]
+    assert len((await rows(console))[1]) == 3
+
+
+@pytest.mark.parametrize("env_database", ["postgresql"])  # SQLite: one connection, the two cannot overlap
+async def test_two_confirms_that_both_read_the_draft_start_it_once(console: WebEnv,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The narrow race: both requests read the broadcast as a draft before either claims it (held at the
+    claim until both have read). The claim is conditional: one starts it, the other says "already"."""
+    from handlers import broadcasts
+
+    zhou = await login(console, "zhou_web")
+    number = number_of(await draft(zhou))
+    token = (await zhou.get(f"/broadcasts/{number}")).csrf()
+    claim = broadcasts.confirm
+    arrived = 0
+    both_read = asyncio.Event()
+
+    async def claim_together(*args: Any, **kwargs: Any) -> int | None:
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            both_read.set()
+        await both_read.wait()
+        return await claim(*args, **kwargs)
+
+    monkeypatch.setattr(broadcasts, "confirm", claim_together)
+    taps = await asyncio.gather(*(zhou.request("POST", f"/broadcasts/{number}/confirm", {"csrf_token": token})
+                                  for _ in range(2)))
+    assert arrived == 2
     assert sorted(tap.location for tap in taps) == [f"/broadcasts/{number}?notice=already",
                                                      f"/broadcasts/{number}?notice=started"]
     assert len((await rows(console))[1]) == 3
