@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config.schema import GroupConfig, OfficerConfig, Role
@@ -100,20 +100,23 @@ async def _joinable(
     window = match.route.dedup_minutes
     if not window or not inbound.room_id:
         return None
-    return (
-        await session.scalars(
-            select(Incident)
-            .where(
-                Incident.station_id == live.config.station.id,
-                Incident.room_id == inbound.room_id,
-                Incident.route_id == match.route.id,
-                Incident.status != IncidentStatus.resolved,
-                Incident.created_at >= now - timedelta(minutes=window),
-            )
-            .order_by(Incident.id.desc())
-            .limit(1)
-        )
-    ).first()
+    # Usually there is none: look for its id through Core (an ORM query cost ~1.5 ms of a report's CPU) and
+    # load the incident only when there is one to join.
+    found = (await session.execute(_JOINABLE, {
+        "station_id": live.config.station.id, "room_id": inbound.room_id, "route_id": match.route.id,
+        "since": now - timedelta(minutes=window)})).scalar()
+    return None if found is None else await session.get(Incident, found)
+
+
+_INCIDENTS = Incident.__table__
+_JOINABLE = (
+    select(_INCIDENTS.c.id)
+    .where(_INCIDENTS.c.station_id == bindparam("station_id"), _INCIDENTS.c.room_id == bindparam("room_id"),
+           _INCIDENTS.c.route_id == bindparam("route_id"), _INCIDENTS.c.status != IncidentStatus.resolved,
+           _INCIDENTS.c.created_at >= bindparam("since"))
+    .order_by(_INCIDENTS.c.id.desc())
+    .limit(1)
+)
 
 
 async def open_incident(

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from difflib import SequenceMatcher
 from typing import Any
 
-from sqlalchemy import func, literal, select, update
+from sqlalchemy import bindparam, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config.inquiry_schema import InquirySettings
@@ -169,16 +169,26 @@ def _similar(a: str, b: str) -> float:
 
 async def _repeat_of(session: AsyncSession, config: Config, settings: InquirySettings, inbound: Inbound,
                      match: Match | None, now: datetime) -> Ticket | None:
-    recent = (await session.scalars(
-        select(Ticket).where(Ticket.station_id == config.station.id, Ticket.room_id == inbound.room_id,
-                             Ticket.resident_id == inbound.sender_id, Ticket.status == TicketStatus.open,
-                             Ticket.created_at >= now - settings.repeat_window)
-        .order_by(Ticket.id.desc()).limit(5))).all()
-    for ticket in recent:
-        same_entry = match is not None and ticket.kb_entry == match.entry.id
-        if same_entry or _similar(ticket.text, inbound.text) >= 0.6:
-            return ticket
+    # Usually there is none: compare through Core (an ORM query cost ~1.5 ms of a question's CPU) and load
+    # the ticket only when it is a repeat.
+    recent = (await session.execute(_RECENT_OPEN, {
+        "station_id": config.station.id, "room_id": inbound.room_id, "resident_id": inbound.sender_id,
+        "since": now - settings.repeat_window})).all()
+    for ticket_id, kb_entry, text in recent:
+        same_entry = match is not None and kb_entry == match.entry.id
+        if same_entry or _similar(text, inbound.text) >= 0.6:
+            return await session.get(Ticket, ticket_id)
     return None
+
+
+_TICKETS = Ticket.__table__
+_RECENT_OPEN = (
+    select(_TICKETS.c.id, _TICKETS.c.kb_entry, _TICKETS.c.text)
+    .where(_TICKETS.c.station_id == bindparam("station_id"), _TICKETS.c.room_id == bindparam("room_id"),
+           _TICKETS.c.resident_id == bindparam("resident_id"), _TICKETS.c.status == TicketStatus.open,
+           _TICKETS.c.created_at >= bindparam("since"))
+    .order_by(_TICKETS.c.id.desc()).limit(5)
+)
 
 
 def _next_reminder(settings: InquirySettings, created: datetime, now: datetime
