@@ -95,7 +95,8 @@ class LoopWatch:
         self.threshold = threshold
         self.interval = interval if interval is not None else min(0.05, threshold / 4)
         self.on_stall = on_stall or (lambda stall: log.warning("%s", stall.describe()))
-        self.stalls = 0
+        self.stalls = 0  # since start, and how long they held the loop in all (for /metrics and /healthz)
+        self.stalled_seconds = 0.0
         self._due = 0.0  # when the pending heartbeat should run (time.monotonic())
         self._gc_at_beat = 0.0
         self._samples: collections.Counter[str] = collections.Counter()
@@ -112,8 +113,13 @@ class LoopWatch:
         self._schedule(time.monotonic())
         self._thread = threading.Thread(target=self._sample_while_overdue, name="loop-watch", daemon=True)
         self._thread.start()
+        global _running
+        _running = self
 
     def stop(self) -> None:
+        global _running
+        if _running is self:
+            _running = None
         self._stopped.set()
         if self._timer is not None:
             self._timer.cancel()
@@ -136,6 +142,7 @@ class LoopWatch:
         if now - due < self.threshold:
             return
         self.stalls += 1
+        self.stalled_seconds += now - due
         stall = Stall(began=due - self.interval, seconds=now - due, gc_seconds=gc_seconds, samples=samples)
         try:
             self.on_stall(stall)
@@ -154,6 +161,14 @@ class LoopWatch:
 
 def _stack_text(frame: FrameType) -> str:
     return "".join(traceback.format_list(traceback.extract_stack(frame, limit=STACK_DEPTH))).rstrip()
+
+
+_running: LoopWatch | None = None
+
+
+def running() -> LoopWatch | None:
+    """The process's watch, the one started last (None while none runs)."""
+    return _running
 
 
 def watch_running_loop() -> LoopWatch | None:

@@ -42,6 +42,9 @@ class ConnectionFigures:
     pending_events: int = 0  # message events received, payload not fetched yet
     unloadable: int = 0  # message events whose payload could not be fetched
     intake_backlog: int = 0  # loaded messages waiting for the pipeline
+    # the process's event loop (``bot/loop_watch.py``): times it was held past the threshold, and for how long
+    loop_stalls: int = 0
+    loop_stalled_seconds: float = 0.0
 
 __all__ = ["CONTENT_TYPE", "Metrics", "outcome_kind"]
 
@@ -119,6 +122,13 @@ class Metrics:
             "Message events whose payload the puppet service could not give since start", registry=r)
         self.intake_backlog = Gauge(
             "gonghao_intake_backlog", "Loaded messages waiting for the pipeline", registry=r)
+        self.loop_stalls = Gauge(
+            "gonghao_event_loop_stalls",
+            "Times since start that something held the process's event loop for the stall threshold "
+            "(GONGHAO_STALL_MS, 500 ms by default) or more; each is logged with where it was held", registry=r)
+        self.loop_stalled_seconds = Gauge(
+            "gonghao_event_loop_stalled_seconds", "How long those stalls held the event loop, in all",
+            registry=r)
         self.config_version = Gauge(
             "gonghao_config_version_info", "The live config version (label), always 1", ["version"],
             registry=r)
@@ -176,6 +186,8 @@ class Metrics:
         self.pending_events.set(connection.pending_events)
         self.unloadable.set(connection.unloadable)
         self.intake_backlog.set(connection.intake_backlog)
+        self.loop_stalls.set(connection.loop_stalls)
+        self.loop_stalled_seconds.set(connection.loop_stalled_seconds)
         self.config_version.clear()
         self.config_version.labels(station.current.version).set(1)
 

@@ -8,6 +8,7 @@ import html
 import logging
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,8 +23,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from bot import loop_watch
 from bot.app import App, PuppetTarget
 from bot.connection import ConnectionFailed
+from bot.loop_watch import LoopWatch
 from bot.web.auth import (
     LOGIN_COOKIE,
     MIN_ITERATIONS,
@@ -520,6 +523,26 @@ async def test_healthz_when_healthy(web: WebEnv) -> None:
     assert body["pending_events"] >= 0 and body["intake_backlog"] >= 0
 
 
+async def test_event_loop_stalls_show_in_metrics_and_healthz(web: WebEnv) -> None:
+    """The process's loop watch (``bot/loop_watch.py``): a held loop is counted, with how long it was held."""
+    held = asyncio.Event()
+    watch = LoopWatch(asyncio.get_running_loop(), threshold=0.08, interval=0.01, on_stall=lambda _: held.set())
+    watch.start()
+    try:
+        await asyncio.sleep(0)
+        time.sleep(0.3)  # the stall under test: something holding the event loop
+        await asyncio.wait_for(held.wait(), 10)
+        async with web.client().http.get("/metrics") as response:
+            samples = scrape(await response.text())
+        async with web.client().http.get("/healthz") as response:
+            body = await response.json()
+    finally:
+        watch.stop()
+    assert samples[("gonghao_event_loop_stalls", ())] == 1 == body["event_loop_stalls"]
+    assert 0.25 <= samples[("gonghao_event_loop_stalled_seconds", ())] < 5
+    assert loop_watch.running() is None  # stopped: no longer the process's watch
+
+
 async def test_healthz_degraded_without_the_puppet(tmp_path: Path, clock: FakeClock, default_config_text: str,
                                                    env: Env) -> None:
     (tmp_path / "other").mkdir()
@@ -536,7 +559,7 @@ async def test_healthz_degraded_without_the_puppet(tmp_path: Path, clock: FakeCl
             body = await response.json()
         assert body == {"status": "degraded", "puppet_connected": False, "puppet_state": "connecting",
                         "reconnects": 0, "liveness_failures": 0, "last_event_at": None, "pending_events": 0,
-                        "intake_backlog": 0, "database": True,
+                        "intake_backlog": 0, "event_loop_stalls": 0, "database": True,
                         "config_version": app.station.current.version}  # type: ignore[union-attr]
     finally:
         await admin_web.stop()
@@ -556,7 +579,7 @@ async def test_metrics_scrape(web: WebEnv) -> None:
     assert station is not None
     async with station.db.session() as s, s.begin():  # a row the sender must not touch yet
         row = enqueue_row(s, account=station.id, conversation_id=JINXIU, is_room=True, text="稍后发送",
-                      now=station.now(), kind="broadcast")
+                          now=station.now(), kind="broadcast")
         row.not_before = station.now() + timedelta(days=365)
     async with web.client().http.get("/metrics") as response:
         assert response.status == 200

@@ -31,6 +31,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from sqlalchemy import text
 
+from bot import loop_watch
 from bot.web import views_admin, views_broadcasts, views_groups, views_incidents, views_inquiries, views_reports
 from bot.web.auth import (
     CSRF_FIELD,
@@ -241,10 +242,13 @@ async def _database_ok(app: App) -> bool:
 
 def connection_figures(app: App) -> ConnectionFigures:
     connection = app.connection
+    watch = loop_watch.running()
+    loop = {"loop_stalls": watch.stalls, "loop_stalled_seconds": watch.stalled_seconds} if watch else {}
     if connection is None:
-        return ConnectionFigures(intake_backlog=app.intake_backlog)
+        return ConnectionFigures(intake_backlog=app.intake_backlog, **loop)
     last = connection.last_event_at
     return ConnectionFigures(
+        **loop,
         connected=connection.logged_in.is_set(),
         reconnects=connection.reconnects,
         liveness_failures=connection.liveness_failures,
@@ -271,6 +275,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
         "last_event_at": last.isoformat() if last is not None else None,
         "pending_events": figures.pending_events,
         "intake_backlog": figures.intake_backlog,
+        "event_loop_stalls": figures.loop_stalls,
         "database": database,
         "config_version": app.station.current.version if app.station is not None else None,
     }
