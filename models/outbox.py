@@ -21,7 +21,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, NotRequired, TypedDict, Unpack
 
-from sqlalchemy import ColumnElement, case, func, select, update
+from sqlalchemy import ColumnElement, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.appends import append
@@ -80,15 +80,42 @@ def enqueue_row(session: AsyncSession, **message: Unpack[Outgoing]) -> OutboxMes
     return row
 
 
+# The sender's statements are built once and bound per round: building them anew (and computing their cache
+# keys) cost more than running them, a few dozen times a second under load.
+_NEXT_PENDING = (
+    select(OutboxMessage)
+    .where(OutboxMessage.account == bindparam("account"), OutboxMessage.status == OutboxStatus.pending)
+    .order_by(OutboxMessage.priority, OutboxMessage.id)
+    .limit(bindparam("limit"))
+)
+_CLAIM_MANY = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)), _OUTBOX.c.status == OutboxStatus.pending)
+    .values(status=OutboxStatus.sending, claimed_at=bindparam("claim_at", type_=_OUTBOX.c.claimed_at.type))
+    .returning(_OUTBOX.c.id)
+)
+_MARK_MANY_SENT: dict[int, Any] = {}  # by the number of rows: the CASE has one WHEN per row
+
+
+def _mark_many_sent(rows: int) -> Any:
+    if rows not in _MARK_MANY_SENT:
+        _MARK_MANY_SENT[rows] = (
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)), _OUTBOX.c.status == OutboxStatus.sending,
+                   _OUTBOX.c.claimed_at == bindparam("claim_at", type_=_OUTBOX.c.claimed_at.type))
+            .values(status=OutboxStatus.sent, sent_at=bindparam("sent_now", type_=_OUTBOX.c.sent_at.type),
+                    attempts=_OUTBOX.c.attempts + 1,
+                    sent_message_id=case(*[(_OUTBOX.c.id == bindparam(f"id_{k}"),
+                                            bindparam(f"message_{k}", type_=_OUTBOX.c.sent_message_id.type))
+                                           for k in range(rows)]))
+            .returning(_OUTBOX.c.id)
+        )
+    return _MARK_MANY_SENT[rows]
+
+
 async def next_pending(session: AsyncSession, account: str, now: datetime, limit: int = 20) -> list[OutboxMessage]:
     """Pending rows in send order: urgent first, then oldest; rows waiting out a retry backoff are skipped."""
-    query = (
-        select(OutboxMessage)
-        .where(OutboxMessage.account == account, OutboxMessage.status == OutboxStatus.pending)
-        .order_by(OutboxMessage.priority, OutboxMessage.id)
-        .limit(limit)
-    )
-    rows = (await session.scalars(query)).all()
+    rows = (await session.scalars(_NEXT_PENDING, {"account": account, "limit": limit})).all()
     return [row for row in rows if row.not_before is None or row.not_before <= now]
 
 
@@ -106,12 +133,7 @@ async def claim_many(session: AsyncSession, row_ids: list[int], now: datetime) -
     """Claim the rows still pending among ``row_ids`` (one statement); the ids this claim got."""
     if not row_ids:
         return set()
-    result = await session.execute(
-        update(_OUTBOX)
-        .where(_OUTBOX.c.id.in_(row_ids), _OUTBOX.c.status == OutboxStatus.pending)
-        .values(status=OutboxStatus.sending, claimed_at=now)
-        .returning(_OUTBOX.c.id)
-    )
+    result = await session.execute(_CLAIM_MANY, {"ids": row_ids, "claim_at": now})
     return set(result.scalars().all())
 
 
@@ -165,14 +187,10 @@ async def mark_many_sent(session: AsyncSession, sent: dict[int, str | None], now
     replies and pings: one UPDATE per row was a third of the sender's time); the ids it recorded."""
     if not sent:
         return set()
-    result = await session.execute(
-        update(_OUTBOX)
-        .where(_OUTBOX.c.id.in_(list(sent)), _OUTBOX.c.status == OutboxStatus.sending,
-               _OUTBOX.c.claimed_at == claimed_at)
-        .values(status=OutboxStatus.sent, sent_at=now, attempts=_OUTBOX.c.attempts + 1,
-                sent_message_id=case(sent, value=_OUTBOX.c.id))
-        .returning(_OUTBOX.c.id)
-    )
+    parameters: dict[str, Any] = {"ids": list(sent), "claim_at": claimed_at, "sent_now": now}
+    for k, (row_id, message_id) in enumerate(sent.items()):
+        parameters[f"id_{k}"], parameters[f"message_{k}"] = row_id, message_id
+    result = await session.execute(_mark_many_sent(len(sent)), parameters)
     return set(result.scalars().all())
 
 
