@@ -24,7 +24,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -150,17 +149,34 @@ class LoopWatch:
             log.exception("reporting a stall failed")
 
     def _sample_while_overdue(self) -> None:
-        while not self._stopped.wait(self.interval):
-            if time.monotonic() - self._due < self.threshold:
+        """Sleep until the pending heartbeat would be ``threshold`` late; then, while it is, sample every
+        ``interval``. A thread that wakes takes the GIL from the loop for a moment each time; this one wakes
+        about once per ``threshold`` while the loop is well, not every ``interval``."""
+        while True:
+            late_at = self._due + self.threshold
+            now = time.monotonic()
+            if now < late_at:
+                if self._stopped.wait(late_at - now):
+                    return
                 continue
             frame = sys._current_frames().get(self._loop_thread)
             if frame is not None:
                 self._samples[_stack_text(frame)] += 1
             del frame
+            if self._stopped.wait(self.interval):
+                return
 
 
-def _stack_text(frame: FrameType) -> str:
-    return "".join(traceback.format_list(traceback.extract_stack(frame, limit=STACK_DEPTH))).rstrip()
+def _stack_text(frame: FrameType | None) -> str:
+    """The innermost frames, outermost first, as "file:line in function" lines. Read straight off the frames:
+    ``traceback`` would look up each source line (``linecache`` stats every file it has read), holding the
+    GIL, and so the very loop it is watching, for milliseconds."""
+    lines = []
+    while frame is not None and len(lines) < STACK_DEPTH:
+        code = frame.f_code
+        lines.append(f"{code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        frame = frame.f_back
+    return "\n".join(reversed(lines))
 
 
 _running: LoopWatch | None = None
