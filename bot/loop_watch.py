@@ -40,7 +40,6 @@ STACK_DEPTH = 12  # innermost frames kept per sample: enough to name the call si
 class Stall:
     """One stretch during which the loop ran no callbacks of its own."""
 
-    began: float  # time.monotonic() of the last heartbeat before the stall
     seconds: float
     gc_seconds: float  # of which the garbage collector ran this long
     samples: collections.Counter[str] = field(default_factory=collections.Counter)  # stack text → times seen
@@ -49,7 +48,8 @@ class Stall:
         lines = [f"event loop held for {1000 * self.seconds:.0f} ms"
                  f" (garbage collection {1000 * self.gc_seconds:.0f} ms)"]
         if not self.samples:
-            lines.append("  no stack sampled: the stall held the GIL throughout (C code or garbage collection)")
+            lines.append("  no stack sampled: the stall ended before the watchdog looked, or held the GIL "
+                         "throughout (C code, garbage collection)")
         for stack, times in self.samples.most_common(3):
             lines.append(f"  seen {times}x:")
             lines.extend(f"    {line}" for line in stack.splitlines())
@@ -142,7 +142,7 @@ class LoopWatch:
             return
         self.stalls += 1
         self.stalled_seconds += now - due
-        stall = Stall(began=due - self.interval, seconds=now - due, gc_seconds=gc_seconds, samples=samples)
+        stall = Stall(seconds=now - due, gc_seconds=gc_seconds, samples=samples)
         try:
             self.on_stall(stall)
         except Exception:
