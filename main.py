@@ -427,7 +427,7 @@ async def cmd_run_district(args: argparse.Namespace) -> int:
                 return 2
             peers = {sid: v for sid, v in versions.items() if sid != config.station.id}
             apps.append(App(path, puppet=puppet_for(config), database_url=district.spec.database.url,
-                            clock=clock_from_env(), peers=peers))
+                            sqlite_sync=district.spec.database.sqlite_sync, clock=clock_from_env(), peers=peers))
     except ConnectionFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

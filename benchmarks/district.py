@@ -434,6 +434,7 @@ class Bench:
         a = self.args
         began = time.perf_counter()
         world, config = district_world.build(a.groups, a.members_min, a.members_max, a.seed)
+        config.setdefault("database", {})["sqlite_sync"] = a.sqlite_sync
         (self.run_dir / "world.json").write_text(json.dumps(world, ensure_ascii=False), encoding="utf-8")
         self.config_path = district_world.write_config(config, self.run_dir)
         self.account = config["station"]["id"]
@@ -901,7 +902,7 @@ def report(results: dict[str, Any]) -> str:
     flood = full.get("flood")
     lines = [
         f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, SQLite "
-        f"{m['sqlite']}, "
+        f"{m['sqlite']} (sqlite_sync {p.get('sqlite_sync', 'full')}), "
         f"wechaty {m['wechaty']}, grpclib {m['grpclib']}, kernel {m['kernel']}; "
         f"code {m.get('revision', '?')}",
         f"world: {results['sandbox']['rooms']} groups, {results['sandbox']['memberships']} memberships "
@@ -1028,6 +1029,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, wait_quiet: float, kep
                         help="give up on a phase when nothing progressed for this long")
     parser.add_argument("--wait-quiet", type=float, default=wait_quiet,
                         help="wait up to this long for other processes to leave the CPUs before starting")
+    parser.add_argument("--sqlite-sync", choices=("full", "normal"), default="full",
+                        help="the bot's database.sqlite_sync (config.yaml)")
     parser.add_argument("--workdir",
                         help="run directory (default: a new temporary one, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help=f"keep the run directory ({kept})")

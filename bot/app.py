@@ -24,7 +24,7 @@ from handlers import pipeline
 from handlers.inbound import Inbound
 from handlers.metrics import Metrics
 from handlers.runtime import Clock, ConfigVersion, Station, system_clock
-from models.db import Database
+from models.db import Database, SqliteSync
 from models.migrate import SchemaOutdated, ensure_current, head_revision
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ class App:
         sandbox: Sandbox | None = None,
         clock: Clock = system_clock,
         database_url: str | None = None,
+        sqlite_sync: SqliteSync | None = None,
         watch: bool = True,
         peers: dict[str, ConfigVersion] | None = None,
     ) -> None:
@@ -97,6 +98,7 @@ class App:
         self.sandbox = sandbox
         self.clock = clock
         self.database_url = database_url
+        self.sqlite_sync = sqlite_sync  # with database_url: a district file's database settings win
         self.watch = watch
         self.peers = peers or {}  # the district's other stations, for district-wide warnings
         self.reloaded = asyncio.Event()  # set whenever a new config version goes live
@@ -121,7 +123,8 @@ class App:
         """Load and validate the config (raises ConfigError), open the database, connect."""
         text = self.config_path.read_text(encoding="utf-8")
         config = load_config(self.config_path)
-        database = Database(self.database_url or config.database.url)
+        database = Database(self.database_url or config.database.url,
+                            sqlite_sync=self.sqlite_sync or config.database.sqlite_sync)
         log.info("config %s, database %s", self.config_path, database.safe_url)
         try:
             schema = await ensure_current(database)

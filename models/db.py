@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -10,12 +12,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from models.base import Base
 from models.sqlite_inline import inline_creator
+from models.wal_checkpoint import WalCheckpointer
+
+SqliteSync = Literal["full", "normal"]
 
 
 class Database:
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
-        """``schema`` (PostgreSQL only) puts every table in that schema, e.g. one per test run."""
+    def __init__(self, url: str, *, schema: str | None = None, sqlite_sync: SqliteSync = "full") -> None:
+        """``schema`` (PostgreSQL only) puts every table in that schema, e.g. one per test run.
+        ``sqlite_sync`` (SQLite only): "full", every commit fsynced before it returns; "normal", commits not
+        fsynced, the WAL checkpointed (and fsynced) by a thread of its own (``models/wal_checkpoint.py``)."""
         self.url = url
+        self.sqlite_sync = sqlite_sync
+        self.checkpointer: WalCheckpointer | None = None
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
@@ -37,7 +46,10 @@ class Database:
             url, pool_pre_ping=not self.is_sqlite, connect_args=connect_args, **pool
         )
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", partial(_sqlite_pragmas, sqlite_sync))
+            if sqlite_sync == "normal" and parsed.database and parsed.database != ":memory:":
+                self.checkpointer = WalCheckpointer(parsed.database)
+                event.listen(self.engine.sync_engine, "connect", self._start_checkpointer)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -56,14 +68,26 @@ class Database:
         async with self.engine.begin() as connection:
             await connection.run_sync(Base.metadata.create_all)
 
+    def _start_checkpointer(self, _dbapi_connection: object, _record: object) -> None:
+        assert self.checkpointer is not None
+        if not self.checkpointer.started:  # once, though the pool may connect again after an error
+            self.checkpointer.start()
+
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()  # after the station's connection: the last one out leaves no WAL
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+def _sqlite_pragmas(sqlite_sync: SqliteSync, dbapi_connection: object, _record: object) -> None:
     # WAL lets the sender loop read while a handler writes; the busy timeout rides out short write locks.
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    if sqlite_sync == "normal":
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it, off the loop
+    else:
+        cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()

@@ -11,8 +11,12 @@ several processes use PostgreSQL (asyncpg is natively asynchronous). Within the 
 yields to the loop halfway (every statement completes where it is awaited), so the stations of a district
 run in one process, each with its own pooled connection (``models/db.py``), never meet each other's lock.
 
-Commits run inline too, fsync included (synchronous=FULL: a report survives a power cut): handing only the
-commit to a thread was tried and cost more CPU per transaction (~0.4 ms) than the wait it freed.
+Commits run inline too. With ``database.sqlite_sync: full`` (the default: a report survives a power cut)
+that includes the fsync; with ``normal`` commits do not fsync, and ``models/wal_checkpoint.py`` syncs the
+WAL off the loop. Handing only the commit to a thread was tried twice: in session 3 it cost ~0.4 ms of CPU
+per transaction on a slow VM; in session 6 ~0.1-0.2 ms, ~5% more CPU at half the load ceiling, and a higher
+median reply time (the committer waits for the GIL to come back from a busy loop) for a tail that still
+waited on the disk, since the transactions behind a slow commit wait for it wherever it runs.
 
 Replaced: the internals ``Connection._execute``, ``_connect`` and ``_tx`` (which SQLAlchemy's adapter uses
 directly to set the isolation level), and ``__await__`` and ``stop`` (no worker thread to start or stop);

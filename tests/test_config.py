@@ -50,6 +50,8 @@ def test_minimal_config_is_valid() -> None:
         (("station: {id: s1, name: 测试派出所}\n", ""), None, "station", "required setting is missing"),
         (("{id: g1, room_id: \"g1@chatroom\", officer: wang}", "{id: g1, officer: wang}"), 5, "groups[0]",
          "needs room_id or topic"),
+        (("name: 测试派出所}\n", "name: 测试派出所}\ndatabase: {sqlite_sync: sometimes}\n"), 2,
+         "database.sqlite_sync", "'full' or 'normal'"),
     ],
 )
 def test_invalid_config_names_line_and_field(

@@ -12,7 +12,7 @@ import zoneinfo
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from itertools import pairwise
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -47,6 +47,9 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 class DatabaseConfig(Strict):
     url: str = "sqlite+aiosqlite:///data/gonghao.db"
+    # SQLite only. full: every commit is on disk before the bot acts on it; normal: commits reach the disk
+    # within about half a second (models/wal_checkpoint.py), and a slow disk never holds the bot up.
+    sqlite_sync: Literal["full", "normal"] = "full"
 
     @field_validator("url")
     @classmethod

@@ -1,0 +1,130 @@
+"""``database.sqlite_sync``: full (every commit fsynced before it returns, SQLite checkpointing as usual) or
+normal (commits not fsynced; the WAL checkpointed into the database file by a thread of its own,
+``models/wal_checkpoint.py``), with what each promises checked on the real file."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from models.db import Database
+from models.tables import InboundMessage
+from models.wal_checkpoint import WalCheckpointer
+from tests.conftest import JINXIU, ROOT, WANG, Env
+
+_ROW = {"account": "huamu", "room_id": "r@chatroom", "group_id": None, "sender_id": "wxid_a",
+        "sender_name": "甲", "text": "楼道里有烟味", "kind": "text", "outcome": "quiet"}
+
+
+async def _write(database: Database, *message_ids: str) -> None:
+    now = datetime.now(UTC)
+    async with database.engine.begin() as connection:
+        await connection.execute(InboundMessage.__table__.insert(), [
+            {**_ROW, "message_id": m, "sent_at": now, "received_at": now} for m in message_ids])
+
+
+async def _pragmas(database: Database) -> tuple[int, int]:
+    async with database.engine.connect() as connection:
+        synchronous = (await connection.execute(text("PRAGMA synchronous"))).scalar_one()
+        autocheckpoint = (await connection.execute(text("PRAGMA wal_autocheckpoint"))).scalar_one()
+    return synchronous, autocheckpoint
+
+
+def _in_database_file_alone(path: Path, copy: Path) -> list[str]:
+    """What a reader finds in the database file without its WAL: what a power cut would leave if the WAL's
+    unsynced tail were lost."""
+    shutil.copyfile(path, copy)
+    reader = sqlite3.connect(copy)
+    try:
+        return [m for (m,) in reader.execute("SELECT message_id FROM inbound_messages ORDER BY message_id")]
+    finally:
+        reader.close()
+
+
+async def test_normal_checkpoints_the_wal_into_the_file_on_its_own_thread(tmp_path: Path) -> None:
+    path = tmp_path / "normal.db"
+    database = Database(f"sqlite+aiosqlite:///{path}", sqlite_sync="normal")
+    await database.create_schema()
+    assert await _pragmas(database) == (1, 0)  # NORMAL; SQLite's own checkpoint inside a commit is off
+    checkpointer = database.checkpointer
+    assert checkpointer is not None and checkpointer.started
+    assert "sqlite-checkpoint" in {t.name for t in threading.enumerate()}
+
+    await _write(database, "a", "b")
+    # a checkpoint already running may have started before the commit: the one after it has the rows
+    done = checkpointer.checkpoints
+    assert await asyncio.to_thread(checkpointer.wait_until, lambda c: c.checkpoints >= done + 2, 10)
+    assert _in_database_file_alone(path, tmp_path / "copy.db") == ["a", "b"]
+    assert checkpointer.failures == 0
+
+    await _write(database, "c")
+    await database.close()  # stops the thread after a last checkpoint, the station's connection closed first
+    assert "sqlite-checkpoint" not in {t.name for t in threading.enumerate()}
+    assert _in_database_file_alone(path, tmp_path / "after-close.db") == ["a", "b", "c"]
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+async def test_full_is_the_default_and_leaves_checkpoints_to_sqlite(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'full.db'}")
+    await database.create_schema()
+    assert await _pragmas(database) == (2, 1000)  # FULL, SQLite's default checkpoint every 1000 pages
+    assert database.checkpointer is None
+    await _write(database, "a")
+    await database.close()
+    reopened = Database(f"sqlite+aiosqlite:///{tmp_path / 'full.db'}")
+    async with reopened.session() as session:
+        assert await session.scalar(select(func.count()).select_from(InboundMessage)) == 1
+    await reopened.close()
+
+
+async def test_a_failing_checkpoint_is_counted_and_retried_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.db"
+    path.write_bytes(b"not a database" * 512)
+    checkpointer = WalCheckpointer(str(path), interval=0.01)
+    checkpointer.start()
+    try:
+        assert await asyncio.to_thread(checkpointer.wait_until, lambda c: c.failures >= 2, 10)  # kept trying
+        assert checkpointer.checkpoints == 0
+        path.unlink()
+        repaired = sqlite3.connect(path)  # the file is usable again: checkpoints resume on their own
+        repaired.execute("PRAGMA journal_mode=WAL")
+        repaired.execute("CREATE TABLE t (x)")
+        repaired.close()
+        assert await asyncio.to_thread(checkpointer.wait_until, lambda c: c.checkpoints >= 1, 10)
+    finally:
+        checkpointer.stop()
+
+
+@pytest.fixture
+def default_config_text() -> str:
+    """The shipped config.yaml with its one sqlite_sync line switched (the ``env`` bot below uses it)."""
+    shipped = (ROOT / "config.yaml").read_text(encoding="utf-8")
+    assert shipped.count("sqlite_sync: full") == 1
+    return shipped.replace("sqlite_sync: full", "sqlite_sync: normal")
+
+
+async def test_a_bot_set_to_normal_answers_a_report_and_checkpoints_it(env: Env, tmp_path: Path) -> None:
+    station = env.app.station
+    assert station is not None and station.db.checkpointer is not None and station.db.checkpointer.started
+    assert await _pragmas(station.db) == (1, 0)
+    start = env.sandbox.log.last_seq
+    await env.sandbox.say("wxid_res_01", "楼道着火了", room=JINXIU)
+    await env.bot_says(JINXIU, start, "119")
+    await env.bot_says(WANG, start, "警情")
+    checkpointer = station.db.checkpointer
+    done = checkpointer.checkpoints
+    assert await asyncio.to_thread(checkpointer.wait_until, lambda c: c.checkpoints >= done + 2, 10)
+    reader = sqlite3.connect(shutil.copyfile(tmp_path / "data" / "gonghao.db", tmp_path / "copy.db"))
+    try:  # the report, its incident and the sent reply, in the database file itself
+        assert reader.execute("SELECT count(*) FROM incidents").fetchone() == (1,)
+        assert reader.execute("SELECT count(*) FROM outbox WHERE status = 'sent'").fetchone()[0] >= 2
+    finally:
+        reader.close()
