@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
+from handlers.metrics import ConnectionFigures
 from models.db import Database
 from models.tables import InboundMessage
 from models.wal_checkpoint import WalCheckpointer
@@ -128,3 +130,8 @@ async def test_a_bot_set_to_normal_answers_a_report_and_checkpoints_it(env: Env,
         assert reader.execute("SELECT count(*) FROM outbox WHERE status = 'sent'").fetchone()[0] >= 2
     finally:
         reader.close()
+    await station.metrics.refresh(station, ConnectionFigures())
+    exposed = {sample.name: sample.value for family in text_string_to_metric_families(
+        station.metrics.render().decode()) for sample in family.samples}
+    assert exposed["gonghao_sqlite_wal_checkpoints"] >= done + 2
+    assert exposed["gonghao_sqlite_wal_checkpoint_failures"] == 0
