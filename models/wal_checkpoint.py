@@ -33,7 +33,9 @@ class WalCheckpointer:
     def __init__(self, path: str, interval: float = DEFAULT_INTERVAL) -> None:
         self.path = path
         self.interval = interval
-        self.checkpoints = 0  # completed (every committed frame copied into the database file)
+        # rounds completed: the WAL fsynced and its frames copied into the database file, up to any that a
+        # reader's snapshot still needs (another process's long read); those wait for a later round
+        self.checkpoints = 0
         self.failures = 0
         self._failing = 0  # rounds failed in a row
         self.last_seconds = 0.0  # how long the last checkpoint took
@@ -50,7 +52,8 @@ class WalCheckpointer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop after a last checkpoint (the station's connection may close after this one)."""
+        """Stop after a last checkpoint and close the thread's connection (``Database.close`` calls this after
+        closing the station's, so that the last connection out checkpoints what is left and removes the WAL)."""
         if not self._thread.is_alive():
             return
         self._stop.set()
