@@ -16,6 +16,7 @@ syncs, so the thread costs the loop nothing but a wake-up per interval.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -80,13 +81,26 @@ class WalCheckpointer:
             if connection is not None:
                 connection.close()
 
+    def _sync_wal(self) -> None:
+        """fsync the WAL itself. A checkpoint syncs it only when it has frames to copy, and a reader's snapshot
+        (another process's long read) can leave it none; the commits since must reach the disk all the same."""
+        try:
+            wal = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return  # nothing committed in WAL mode yet
+        try:
+            os.fsync(wal)
+        finally:
+            os.close(wal)
+
     def _checkpoint(self, connection: sqlite3.Connection) -> bool:
         started = time.monotonic()
         error: sqlite3.Error | None = None
         try:
+            self._sync_wal()
             connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             busy, _frames, _copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as exc:  # a locked, damaged or replaced file: the next round tries again
+        except (sqlite3.Error, OSError) as exc:  # a locked, damaged or replaced file: the next round tries again
             busy, error = True, exc
         self.last_seconds = time.monotonic() - started
         if self.last_seconds > SLOW_CHECKPOINT_SECONDS:

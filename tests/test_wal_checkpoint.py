@@ -5,6 +5,7 @@ normal (commits not fsynced; the WAL checkpointed into the database file by a th
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, text
 
 from handlers.metrics import ConnectionFigures
+from models import wal_checkpoint
 from models.db import Database
 from models.tables import InboundMessage
 from models.wal_checkpoint import WalCheckpointer
@@ -72,6 +74,39 @@ async def test_normal_checkpoints_the_wal_into_the_file_on_its_own_thread(tmp_pa
     assert _in_database_file_alone(path, tmp_path / "after-close.db") == ["a", "b", "c"]
     wal = path.with_name(path.name + "-wal")
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+async def test_commits_reach_the_disk_while_a_reader_holds_the_checkpoint_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "held.db"
+    database = Database(f"sqlite+aiosqlite:///{path}", sqlite_sync="normal")
+    await database.create_schema()
+    await _write(database, "a")
+    wal = path.with_name(path.name + "-wal")
+    synced: list[int] = []  # inodes fsynced from Python (SQLite's own syncs happen in C, unseen here)
+    real_fsync = wal_checkpoint.os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(wal_checkpoint.os, "fsync", fsync)
+    reader = sqlite3.connect(path, isolation_level=None)  # another process's long read, at this snapshot
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM inbound_messages").fetchone() == (1,)
+    checkpointer = database.checkpointer
+    assert checkpointer is not None
+    try:
+        await _write(database, "b")  # frames the checkpoint may not copy while the reader needs the old page
+        synced.clear()
+        done = checkpointer.checkpoints
+        assert await asyncio.to_thread(checkpointer.wait_until, lambda c: c.checkpoints >= done + 2, 10)
+        assert wal.stat().st_ino in synced
+    finally:
+        reader.rollback()
+        reader.close()
+    await database.close()
 
 
 async def test_full_is_the_default_and_leaves_checkpoints_to_sqlite(tmp_path: Path) -> None:
