@@ -149,6 +149,7 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
                 claimed = await outbox.claim_many(session, [row.id for row in due], now)
             # rows another process claimed meanwhile are its to send
             mine = [row for row in due if row.id in claimed]
+            await station.db.durable()  # what caused these rows is on disk before anyone hears of it
             echoed = await _already_echoed(station, mine)
             results = echoed + await _deliver_all(transport, [row for row in mine if row.id not in
                                                               {r.row.id for r in echoed}])

@@ -129,16 +129,18 @@ class Metrics:
         self.loop_stalled_seconds = Gauge(
             "gonghao_event_loop_stalled_seconds", "How long those stalls held the event loop, in all",
             registry=r)
+        self.wal_syncs = Gauge(
+            "gonghao_sqlite_wal_syncs",
+            "fsyncs of the SQLite WAL by its own thread since start (several commits share one; 0 on PostgreSQL)",
+            registry=r)
         self.wal_checkpoints = Gauge(
             "gonghao_sqlite_wal_checkpoints",
-            "WAL checkpoints completed by the checkpointer thread since start (database.sqlite_sync: normal; "
-            "0 otherwise)", registry=r)
+            "WAL checkpoints into the SQLite database file completed by that thread since start", registry=r)
         self.wal_checkpoint_failures = Gauge(
             "gonghao_sqlite_wal_checkpoint_failures",
-            "Checkpointer rounds that did not complete since start (each spell is logged)", registry=r)
+            "Syncs and checkpoint rounds that did not complete since start (each spell is logged)", registry=r)
         self.wal_checkpoint_seconds = Gauge(
-            "gonghao_sqlite_wal_checkpoint_last_seconds",
-            "How long the last checkpoint took (commits older than this plus 0.5 s are on disk)", registry=r)
+            "gonghao_sqlite_wal_checkpoint_last_seconds", "How long the last checkpoint took", registry=r)
         self.config_version = Gauge(
             "gonghao_config_version_info", "The live config version (label), always 1", ["version"],
             registry=r)
@@ -200,6 +202,7 @@ class Metrics:
         self.loop_stalled_seconds.set(connection.loop_stalled_seconds)
         checkpointer = station.db.checkpointer
         if checkpointer is not None:
+            self.wal_syncs.set(checkpointer.syncs)
             self.wal_checkpoints.set(checkpointer.checkpoints)
             self.wal_checkpoint_failures.set(checkpointer.failures)
             self.wal_checkpoint_seconds.set(checkpointer.last_seconds)

@@ -20,8 +20,9 @@ SqliteSync = Literal["full", "normal"]
 class Database:
     def __init__(self, url: str, *, schema: str | None = None, sqlite_sync: SqliteSync = "full") -> None:
         """``schema`` (PostgreSQL only) puts every table in that schema, e.g. one per test run.
-        ``sqlite_sync`` (SQLite only): "full", every commit fsynced before it returns; "normal", commits not
-        fsynced, the WAL checkpointed (and fsynced) by a thread of its own (``models/wal_checkpoint.py``)."""
+        ``sqlite_sync`` (a SQLite file only): whether :meth:`durable` waits for the WAL's fsync ("full") or
+        returns at once ("normal"); either way commits do not fsync in the loop's thread and a thread of its
+        own syncs and checkpoints the WAL (``models/wal_checkpoint.py``)."""
         self.url = url
         self.sqlite_sync = sqlite_sync
         self.checkpointer: WalCheckpointer | None = None
@@ -39,16 +40,19 @@ class Database:
             # behind the intake for seconds. One connection makes every transaction of this process queue in
             # asyncio instead, first come first served, with no sleeping (WAL still lets other processes read).
             pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
+            self.checkpointer = WalCheckpointer(parsed.database)
         if self.is_sqlite:
             # statements run in the loop's thread, not on aiosqlite's worker (see models/sqlite_inline.py)
-            pool["async_creator"] = inline_creator(parsed.database or ":memory:")
+            pool["async_creator"] = inline_creator(
+                parsed.database or ":memory:", self.checkpointer.committed if self.checkpointer else None)
         self.engine: AsyncEngine = create_async_engine(
             url, pool_pre_ping=not self.is_sqlite, connect_args=connect_args, **pool
         )
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", partial(_sqlite_pragmas, sqlite_sync))
-            if sqlite_sync == "normal" and parsed.database and parsed.database != ":memory:":
-                self.checkpointer = WalCheckpointer(parsed.database)
+            event.listen(self.engine.sync_engine, "connect",
+                         partial(_sqlite_pragmas, self.checkpointer is not None))
+            if self.checkpointer is not None:
                 event.listen(self.engine.sync_engine, "connect", self._start_checkpointer)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
@@ -73,21 +77,26 @@ class Database:
         if not self.checkpointer.started:  # once, though the pool may connect again after an error
             self.checkpointer.start()
 
+    async def durable(self) -> None:
+        """Return once everything committed so far is on disk: before the bot acts on it (sends a reply or a
+        ping). PostgreSQL's commit is durable when it returns; so is SQLite's with sqlite_sync normal, as far
+        as that setting promises."""
+        if self.checkpointer is not None and self.sqlite_sync == "full":
+            await self.checkpointer.durable()
+
     async def close(self) -> None:
         await self.engine.dispose()
         if self.checkpointer is not None:
             self.checkpointer.stop()  # after the station's connection: the last one out leaves no WAL
 
 
-def _sqlite_pragmas(sqlite_sync: SqliteSync, dbapi_connection: object, _record: object) -> None:
+def _sqlite_pragmas(synced_elsewhere: bool, dbapi_connection: object, _record: object) -> None:
     # WAL lets the sender loop read while a handler writes; the busy timeout rides out short write locks.
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
-    if sqlite_sync == "normal":
+    if synced_elsewhere:  # the checkpointer's thread fsyncs and checkpoints, off the loop
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does it, off the loop
-    else:
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()

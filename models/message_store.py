@@ -158,7 +158,7 @@ async def sqlite_lane(database: Database) -> AsyncIterator[SqliteMessageStore]:
         raw = driver.sqlite
         try:
             yield SqliteMessageStore(raw)
-            raw.commit()
+            await driver.commit()  # inline, as raw.commit() would be, and counted for the WAL's sync
         except sqlite3.Error as exc:  # raised as SQLAlchemy would, so that callers see one kind of error
             raw.rollback()
             raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc

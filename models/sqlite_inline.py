@@ -11,12 +11,12 @@ several processes use PostgreSQL (asyncpg is natively asynchronous). Within the 
 yields to the loop halfway (every statement completes where it is awaited), so the stations of a district
 run in one process, each with its own pooled connection (``models/db.py``), never meet each other's lock.
 
-Commits run inline too. With ``database.sqlite_sync: full`` (the default: a report survives a power cut)
-that includes the fsync; with ``normal`` commits do not fsync, and ``models/wal_checkpoint.py`` syncs the
-WAL off the loop. Handing only the commit to a thread was tried twice: in session 3 it cost ~0.4 ms of CPU
-per transaction on a slow VM; in session 6 ~0.1-0.2 ms, ~5% more CPU at half the load ceiling, and a higher
-median reply time (the committer waits for the GIL to come back from a busy loop) for a tail that still
-waited on the disk, since the transactions behind a slow commit wait for it wherever it runs.
+Commits run inline too, without their fsync (``synchronous=NORMAL``): ``models/wal_checkpoint.py`` syncs
+the WAL on a thread of its own, and the outbox sender waits for that before it sends (``database.sqlite_sync:
+full``). Handing the whole commit, fsync included, to a thread was tried twice: in session 3 it cost ~0.4 ms
+of CPU per transaction on a slow VM; in session 6 ~0.1-0.2 ms, ~5% more CPU at half the load ceiling, and a
+higher median reply time (the committer waits for the GIL to come back from a busy loop), while the
+transactions behind a slow commit still waited for it.
 
 Replaced: the internals ``Connection._execute``, ``_connect`` and ``_tx`` (which SQLAlchemy's adapter uses
 directly to set the isolation level), and ``__await__`` and ``stop`` (no worker thread to start or stop);
@@ -49,9 +49,16 @@ class _RunNow:
 
 
 class InlineConnection(aiosqlite.Connection):
-    def __init__(self, connector: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(self, connector: Callable[[], sqlite3.Connection],
+                 on_commit: Callable[[], None] | None = None) -> None:
         super().__init__(connector, iter_chunk_size=64)
         self._tx = _RunNow()  # type: ignore[assignment]
+        self.on_commit = on_commit  # told of every commit (``models/wal_checkpoint.py`` syncs them)
+
+    async def commit(self) -> None:
+        await super().commit()
+        if self.on_commit is not None:
+            self.on_commit()
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._running or not self._connection:
@@ -78,11 +85,11 @@ class InlineConnection(aiosqlite.Connection):
             self._connection = None
 
 
-def inline_creator(path: str) -> Callable[[], Any]:
+def inline_creator(path: str, on_commit: Callable[[], None] | None = None) -> Callable[[], Any]:
     """An ``async_creator`` for ``create_async_engine``: a SQLite file opened in the loop's thread."""
 
     async def connect() -> InlineConnection:
         # check_same_thread off: the pool may close a connection from a garbage-collecting thread
-        return await InlineConnection(lambda: sqlite3.connect(path, check_same_thread=False))
+        return await InlineConnection(lambda: sqlite3.connect(path, check_same_thread=False), on_commit)
 
     return connect

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from handlers.metrics import ConnectionFigures
 from models import wal_checkpoint
-from models.db import Database
+from models.db import Database, SqliteSync
 from models.tables import InboundMessage
 from models.wal_checkpoint import WalCheckpointer
 from tests.conftest import JINXIU, ROOT, WANG, Env
@@ -109,17 +109,63 @@ async def test_commits_reach_the_disk_while_a_reader_holds_the_checkpoint_back(
     await database.close()
 
 
-async def test_full_is_the_default_and_leaves_checkpoints_to_sqlite(tmp_path: Path) -> None:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'full.db'}")
+class _GatedFsync:
+    """``os.fsync`` for the checkpointer's thread, held until :meth:`open` (a disk taking its time)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self._real = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.entered.set()
+        self.gate.wait(10)
+        self._real(fd)
+
+
+@pytest.mark.parametrize("sqlite_sync", ["full", "normal"])
+async def test_durable_waits_for_the_wal_fsync_only_when_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sqlite_sync: SqliteSync,
+) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'sync.db'}", sqlite_sync=sqlite_sync)
     await database.create_schema()
-    assert await _pragmas(database) == (2, 1000)  # FULL, SQLite's default checkpoint every 1000 pages
-    assert database.checkpointer is None
-    await _write(database, "a")
+    assert await _pragmas(database) == (1, 0)  # commits never fsync in the loop's thread
+    await database.durable()  # nothing waits before the disk is slow
+    fsync = _GatedFsync()
+    monkeypatch.setattr(wal_checkpoint.os, "fsync", fsync)
+    try:
+        await _write(database, "a")
+        waiting = asyncio.create_task(database.durable())
+        assert await asyncio.to_thread(fsync.entered.wait, 10)  # the thread is in the fsync, held
+        if sqlite_sync == "normal":
+            await asyncio.wait_for(waiting, 10)  # normal does not wait for the disk
+        else:
+            checkpointer = database.checkpointer
+            assert checkpointer is not None
+            await asyncio.wait_for(checkpointer.parked.wait(), 10)
+            assert not waiting.done()  # full waits, and the loop runs meanwhile
+            fsync.gate.set()
+            await asyncio.wait_for(waiting, 10)
+    finally:
+        fsync.gate.set()
     await database.close()
-    reopened = Database(f"sqlite+aiosqlite:///{tmp_path / 'full.db'}")
-    async with reopened.session() as session:
-        assert await session.scalar(select(func.count()).select_from(InboundMessage)) == 1
-    await reopened.close()
+
+
+async def test_a_reply_goes_out_only_once_its_report_is_on_disk(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    station = env.app.station
+    assert station is not None and station.db.sqlite_sync == "full" and station.db.checkpointer is not None
+    fsync = _GatedFsync()
+    monkeypatch.setattr(wal_checkpoint.os, "fsync", fsync)
+    start = env.sandbox.log.last_seq
+    try:
+        report = await env.sandbox.say("wxid_res_01", "楼道着火了", room=JINXIU)
+        assert await env.outcome_of(report) == "incident:fire"  # stored (committed), not yet on disk
+        await asyncio.wait_for(station.db.checkpointer.parked.wait(), 10)  # the sender waits for the fsync
+        assert env.bot_messages(JINXIU, start) == []
+        fsync.gate.set()
+        await env.bot_says(JINXIU, start, "119")
+    finally:
+        fsync.gate.set()
 
 
 async def test_a_failing_checkpoint_is_counted_and_retried_not_fatal(tmp_path: Path) -> None:
@@ -141,13 +187,14 @@ async def test_a_failing_checkpoint_is_counted_and_retried_not_fatal(tmp_path: P
 
 
 @pytest.fixture
-def default_config_text() -> str:
-    """The shipped config.yaml with its one sqlite_sync line switched (the ``env`` bot below uses it)."""
+def default_config_text(request: pytest.FixtureRequest) -> str:
+    """The shipped config.yaml, its one sqlite_sync line set to the test's parameter (default: as shipped)."""
     shipped = (ROOT / "config.yaml").read_text(encoding="utf-8")
     assert shipped.count("sqlite_sync: full") == 1
-    return shipped.replace("sqlite_sync: full", "sqlite_sync: normal")
+    return shipped.replace("sqlite_sync: full", f"sqlite_sync: {getattr(request, 'param', 'full')}")
 
 
+@pytest.mark.parametrize("default_config_text", ["normal"], indirect=True)
 async def test_a_bot_set_to_normal_answers_a_report_and_checkpoints_it(env: Env, tmp_path: Path) -> None:
     station = env.app.station
     assert station is not None and station.db.checkpointer is not None and station.db.checkpointer.started
@@ -169,4 +216,5 @@ async def test_a_bot_set_to_normal_answers_a_report_and_checkpoints_it(env: Env,
     exposed = {sample.name: sample.value for family in text_string_to_metric_families(
         station.metrics.render().decode()) for sample in family.samples}
     assert exposed["gonghao_sqlite_wal_checkpoints"] >= done + 2
+    assert exposed["gonghao_sqlite_wal_syncs"] >= 1
     assert exposed["gonghao_sqlite_wal_checkpoint_failures"] == 0

@@ -47,8 +47,9 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 class DatabaseConfig(Strict):
     url: str = "sqlite+aiosqlite:///data/gonghao.db"
-    # SQLite only. full: every commit is on disk before the bot acts on it; normal: commits reach the disk
-    # within about half a second (models/wal_checkpoint.py), and a slow disk never holds the bot up.
+    # SQLite only. full: nothing is sent before what caused it is on disk; normal: sends do not wait, commits
+    # reach the disk within about half a second. Either way the loop never waits on the disk
+    # (models/wal_checkpoint.py).
     sqlite_sync: Literal["full", "normal"] = "full"
 
     @field_validator("url")
