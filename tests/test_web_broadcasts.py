@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from functools import cache
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.web.auth import hash_password
+from models import wal_checkpoint
 from models.tables import Broadcast, BroadcastDelivery, OutboxMessage
 from tests.conftest import BOT, FANGDIAN, JINXIU
 from tests.test_web import Client, Page, WebEnv, edit_config, web, web_users  # noqa: F401  (``web``: fixture)
@@ -108,6 +110,29 @@ async def test_only_officers_who_may_broadcast_can_write(console: WebEnv) -> Non
     broadcasts, deliveries = await rows(console)
     assert [(b.id, b.status, b.created_by) for b in broadcasts] == [(number, "draft", "zhou")]
     assert deliveries == []
+
+
+async def test_a_form_is_answered_once_what_it_saved_is_on_disk(console: WebEnv,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With sqlite_sync full (the default) a draft's "saved" waits for the WAL's fsync, held here; saving a
+    draft sends nothing, so the only one waiting for the disk is the form's answer."""
+    zhou = await login(console, "zhou_web")
+    form = await zhou.get("/broadcasts/new")
+    checkpointer = console.app.station.db.checkpointer  # type: ignore[union-attr]
+    assert checkpointer is not None
+    disk = threading.Event()
+    real_fsync = wal_checkpoint.os.fsync
+    monkeypatch.setattr(wal_checkpoint.os, "fsync", lambda fd: (disk.wait(10), real_fsync(fd))[1])
+    try:
+        data = [("csrf_token", form.csrf()), ("text", WARNING), ("scope", "all")]
+        saving = asyncio.create_task(zhou.http.post("/broadcasts", data=data, allow_redirects=False))
+        await asyncio.wait_for(checkpointer.parked.wait(), 10)  # the answer waits for the disk
+        assert not saving.done()
+        disk.set()
+        async with await asyncio.wait_for(saving, 10) as response:
+            assert response.status == 303 and "notice=draft" in response.headers["Location"]
+    finally:
+        disk.set()
 
 
 async def test_every_form_needs_its_csrf_token(console: WebEnv) -> None:

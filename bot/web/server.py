@@ -162,6 +162,18 @@ async def require_session(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+@web.middleware
+async def durable_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A form's answer ("saved", "resolved", "confirmed") only once what it changed is on disk
+    (``Database.durable``), as the bot's own messages wait for what caused them."""
+    response = await handler(request)
+    if request.method not in ("GET", "HEAD"):
+        station = gonghao(request).station
+        if station is not None:
+            await station.db.durable()
+    return response
+
+
 # -- login / logout ---------------------------------------------------------------------------------
 def _login_page(request: web.Request, *, error: str = "", status: int = 200,
                 username: str = "") -> web.Response:
@@ -293,7 +305,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 # -- assembly ---------------------------------------------------------------------------------------
 def create_admin_app(app: App) -> web.Application:
     """The admin web for a started :class:`bot.app.App` (its ``station`` must exist)."""
-    web_app = web.Application(middlewares=[security_headers, require_session], client_max_size=MAX_FORM_BYTES)
+    web_app = web.Application(middlewares=[security_headers, require_session, durable_answers],
+                              client_max_size=MAX_FORM_BYTES)
     web_app[APP_KEY] = app
     web_app[SESSIONS_KEY] = SessionStore()
     web_app[LIMITER_KEY] = LoginLimiter()
