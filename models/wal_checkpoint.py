@@ -10,11 +10,12 @@ a commit), and this thread does both:
   (:meth:`durable`, awaited by the outbox sender before it sends anything), otherwise within ``interval``;
 - every ``interval`` it checkpoints the WAL into the database file on a connection of its own.
 
-With ``database.sqlite_sync: full`` (the default) the sender awaits :meth:`durable`: nothing is sent (no
-reply, no ping) before what caused it is on disk, as with a fsync per commit, while the rest of the bot
-goes on. Several commits share one fsync. With ``normal`` the sender does not wait: a power cut may lose the
-last ``interval`` of commits. A crash of the process loses nothing either way (the WAL is in the operating
-system's hands at commit).
+With ``database.sqlite_sync: full`` (the default) the outbox sender and the admin web's form answers await
+:meth:`durable` (through ``Database.durable``): nothing is sent (no reply, no ping) and no form says "saved"
+before what caused it is on disk, as with a fsync per commit, while the rest of the bot goes on. Several
+commits share one fsync. With ``normal`` nothing waits: a power cut may lose the last ``interval`` of
+commits. A crash of the process loses nothing either way (the WAL is in the operating system's hands at
+commit).
 
 A PASSIVE checkpoint takes no lock that writers wait for, and SQLite and ``os.fsync`` release the GIL while
 they write, so the loop pays a hand-over per wait, not the disk's time.
@@ -32,7 +33,7 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL = 0.5  # seconds: the most a power cut can lose with sqlite_sync normal, and the checkpoints'
+DEFAULT_INTERVAL = 0.5  # seconds between checkpoints, and the most a power cut can lose with sqlite_sync normal
 SLOW_SECONDS = 2.0  # a sync or checkpoint this slow is worth a warning: the disk is struggling
 
 
@@ -160,8 +161,11 @@ class WalCheckpointer:
         self._synced = target
         self.syncs += 1
         loop = self._loop
-        if self._waiters and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._release)
+        if self._waiters and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._release)
+            except RuntimeError:  # the loop closed meanwhile (shutting down): nobody is left to wake
+                pass
         return True
 
     def _sync_wal(self) -> None:
