@@ -128,15 +128,22 @@ class WalCheckpointer:
                 self._wake.wait(max(0.0, next_checkpoint - time.monotonic()))
                 self._wake.clear()
                 stopping = self._stop.is_set()
-                if self._synced < self._committed and not self._sync():
-                    self._stop.wait(self.interval)  # a failing disk: do not spin
-                if stopping or time.monotonic() >= next_checkpoint:
-                    if connection is None:
-                        connection = sqlite3.connect(self.path, check_same_thread=False)
-                    if not self._checkpoint(connection):
-                        connection.close()  # the next round opens the file anew (it may have been replaced)
-                        connection = None
-                    next_checkpoint = time.monotonic() + self.interval
+                try:
+                    if self._synced < self._committed and not self._sync():
+                        self._stop.wait(self.interval)  # a failing disk: do not spin
+                    if stopping or time.monotonic() >= next_checkpoint:
+                        next_checkpoint = time.monotonic() + self.interval
+                        if connection is None:
+                            connection = sqlite3.connect(self.path, check_same_thread=False)
+                        if not self._checkpoint(connection):
+                            connection.close()  # the next round opens the file anew (it may have been replaced)
+                            connection = None
+                except Exception:  # whoever waits in durable() depends on this thread staying up
+                    log.exception("WAL sync or checkpoint of %s failed; retrying", self.path)
+                    with self._done:
+                        self.failures += 1
+                        self._done.notify_all()
+                    self._stop.wait(self.interval)
                 if stopping:
                     return
         finally:

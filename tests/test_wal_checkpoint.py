@@ -186,6 +186,21 @@ async def test_a_failing_checkpoint_is_counted_and_retried_not_fatal(tmp_path: P
         checkpointer.stop()
 
 
+async def test_a_file_that_cannot_be_opened_is_retried_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "not-yet" / "station.db"  # its directory does not exist (yet)
+    checkpointer = WalCheckpointer(str(path), interval=0.01)
+    checkpointer.start()
+    try:
+        assert await asyncio.to_thread(checkpointer.wait_until, lambda c: c.failures >= 2, 10)
+        path.parent.mkdir()
+        created = sqlite3.connect(path)
+        created.execute("PRAGMA journal_mode=WAL")
+        created.close()
+        assert await asyncio.to_thread(checkpointer.wait_until, lambda c: c.checkpoints >= 1, 10)
+    finally:
+        checkpointer.stop()
+
+
 @pytest.fixture
 def default_config_text(request: pytest.FixtureRequest) -> str:
     """The shipped config.yaml, its one sqlite_sync line set to the test's parameter (default: as shipped)."""
