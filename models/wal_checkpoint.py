@@ -131,6 +131,8 @@ class WalCheckpointer:
                 try:
                     if self._synced < self._committed and not self._sync():
                         self._stop.wait(self.interval)  # a failing disk: do not spin
+                    if self._waiters:  # also those that came after this sync had begun, and need no other
+                        self._wake_waiters()
                     if stopping or time.monotonic() >= next_checkpoint:
                         next_checkpoint = time.monotonic() + self.interval
                         if connection is None:
@@ -151,7 +153,7 @@ class WalCheckpointer:
                 connection.close()
 
     def _sync(self) -> bool:
-        """fsync the WAL for every commit counted so far, then wake whoever waits for it."""
+        """fsync the WAL for every commit counted so far."""
         target = self._committed  # read before the fsync: commits counted later may not be covered
         started = time.monotonic()
         try:
@@ -167,13 +169,16 @@ class WalCheckpointer:
             log.warning("fsync of %s-wal took %.1f s (the disk is slow)", self.path, seconds)
         self._synced = target
         self.syncs += 1
-        loop = self._loop
-        if self._waiters and loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._release)
-            except RuntimeError:  # the loop closed meanwhile (shutting down): nobody is left to wake
-                pass
         return True
+
+    def _wake_waiters(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._release)
+        except RuntimeError:  # the loop closed meanwhile (shutting down): nobody is left to wake
+            pass
 
     def _sync_wal(self) -> None:
         """fsync the WAL itself (SQLite's checkpoint syncs it only when it has frames to copy, and a reader's

@@ -151,6 +151,27 @@ async def test_durable_waits_for_the_wal_fsync_only_when_full(
     await database.close()
 
 
+async def test_a_wait_that_arrives_just_after_its_sync_is_still_woken(tmp_path: Path) -> None:
+    """The interleaving no timing can force: ``durable()`` saw the sync not yet done, and registered after the
+    thread had finished that sync and looked for waiters. Nothing more is committed (a quiet station), so no
+    further sync would come; the thread must still wake the wait."""
+    path = tmp_path / "quiet.db"
+    sqlite3.connect(path).close()
+    checkpointer = WalCheckpointer(str(path), interval=3600)  # no periodic round to rescue it
+    checkpointer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        checkpointer.committed()
+        checkpointer._synced = 1  # the thread's sync covered it ...
+        late: asyncio.Future[None] = loop.create_future()  # ... and then the wait arrived, as durable() adds it
+        checkpointer._loop = loop
+        checkpointer._waiters.append((1, late))
+        checkpointer._wake.set()
+        await asyncio.wait_for(late, 10)
+    finally:
+        checkpointer.stop()
+
+
 async def test_a_reply_goes_out_only_once_its_report_is_on_disk(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     station = env.app.station
     assert station is not None and station.db.sqlite_sync == "full" and station.db.checkpointer is not None
