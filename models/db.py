@@ -28,8 +28,10 @@ class Database:
         self.checkpointer: WalCheckpointer | None = None
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        sqlite_file = parsed.database if self.is_sqlite and parsed.database not in (None, "", ":memory:") else None
+        if sqlite_file is not None:
+            Path(sqlite_file).parent.mkdir(parents=True, exist_ok=True)
+            self.checkpointer = WalCheckpointer(sqlite_file)
         connect_args: dict[str, object] = {}
         if schema and not self.is_sqlite:
             connect_args["server_settings"] = {"search_path": schema}
@@ -40,8 +42,6 @@ class Database:
             # behind the intake for seconds. One connection makes every transaction of this process queue in
             # asyncio instead, first come first served, with no sleeping (WAL still lets other processes read).
             pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60}
-        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
-            self.checkpointer = WalCheckpointer(parsed.database)
         if self.is_sqlite:
             # statements run in the loop's thread, not on aiosqlite's worker (see models/sqlite_inline.py)
             pool["async_creator"] = inline_creator(

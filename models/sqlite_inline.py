@@ -19,8 +19,8 @@ higher median reply time (the committer waits for the GIL to come back from a bu
 transactions behind a slow commit still waited for it.
 
 Replaced: the internals ``Connection._execute``, ``_connect`` and ``_tx`` (which SQLAlchemy's adapter uses
-directly to set the isolation level), and ``__await__`` and ``stop`` (no worker thread to start or stop);
-everything else is aiosqlite's own code.
+directly to set the isolation level), ``__await__`` and ``stop`` (no worker thread to start or stop), and
+``commit`` (aiosqlite's, then ``on_commit``); everything else is aiosqlite's own code.
 """
 
 from __future__ import annotations

@@ -65,13 +65,17 @@ class WalCheckpointer:
     def started(self) -> bool:
         return self._thread.ident is not None
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         """Sync, checkpoint a last time and close the thread's connection (``Database.close`` calls this after
         closing the station's, so that the last connection out checkpoints what is left and removes the WAL)."""
-        if not self._thread.is_alive():
+        if not self.running:
             return
         self._stop.set()
         self._wake.set()
@@ -86,7 +90,7 @@ class WalCheckpointer:
         target = self._committed
         if self._synced >= target:
             return
-        if not self._thread.is_alive():  # stopping or never started: sync here rather than act unsynced
+        if not self.running:  # stopping or never started: sync here rather than act unsynced
             self._sync_wal()
             self._synced = max(self._synced, target)
             return
@@ -194,7 +198,7 @@ class WalCheckpointer:
 
     def _checkpoint(self, connection: sqlite3.Connection) -> bool:
         started = time.monotonic()
-        error: sqlite3.Error | OSError | None = None
+        error: sqlite3.Error | None = None
         try:
             connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             busy, _frames, _copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
