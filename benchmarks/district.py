@@ -92,6 +92,17 @@ def proc_memory(pid: int) -> dict[str, float]:
     return out
 
 
+def helper_pids(pid: int) -> dict[str, int]:
+    """The bot's payload helper process (``intake.payload_helper``), if it has one: ``{"helper": pid}``."""
+    children: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(child) for child in (task / "children").read_text().split()]
+    except OSError:
+        return {}
+    return {"helper": children[0]} if children else {}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of the process (all its threads) so far."""
     try:
@@ -364,6 +375,8 @@ class CpuWindow:
             0, round(100 * (machine_busy_seconds() - self.machine - sum(used.values())) / elapsed)
         )
         out["bot_seconds"] = round(used["bot"], 3)  # CPU seconds: per message, robust to a busy machine
+        if "helper" in used:
+            out["helper_seconds"] = round(used["helper"], 3)
         return out
 
 
@@ -435,6 +448,7 @@ class Bench:
         began = time.perf_counter()
         world, config = district_world.build(a.groups, a.members_min, a.members_max, a.seed)
         config.setdefault("database", {})["sqlite_sync"] = a.sqlite_sync
+        config.setdefault("intake", {})["payload_helper"] = a.payload_helper
         (self.run_dir / "world.json").write_text(json.dumps(world, ensure_ascii=False), encoding="utf-8")
         self.config_path = district_world.write_config(config, self.run_dir)
         self.account = config["station"]["id"]
@@ -706,7 +720,7 @@ class Bench:
         flood: int = 0,
         quiet: bool = False,
     ) -> dict[str, Any]:
-        cpu = CpuWindow(bot=bot.pid, sandbox=self.sandbox.pid)
+        cpu = CpuWindow(bot=bot.pid, sandbox=self.sandbox.pid, **helper_pids(bot.pid))
         if flood:
             emitted = await self.control.call("flood", tag=tag, count=flood)
         else:
@@ -752,6 +766,7 @@ class Bench:
             "cpu_percent": (used := cpu.percent(drained)),
             "cpu_ms_per_message": 1000 * used["bot_seconds"] / count if count else None,
             "memory": proc_memory(bot.pid),
+            **({"helper_memory": proc_memory(pid)} if (pid := helper_pids(bot.pid).get("helper")) else {}),
             "stored_total": db.stored_total(),
         }
         if quiet:
@@ -902,7 +917,8 @@ def report(results: dict[str, Any]) -> str:
     flood = full.get("flood")
     lines = [
         f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, SQLite "
-        f"{m['sqlite']} (sqlite_sync {p.get('sqlite_sync', 'full')}), "
+        f"{m['sqlite']} (sqlite_sync {p.get('sqlite_sync', 'full')}"
+        f"{', payload helper' if p.get('payload_helper') else ''}), "
         f"wechaty {m['wechaty']}, grpclib {m['grpclib']}, kernel {m['kernel']}; "
         f"code {m.get('revision', '?')}",
         f"world: {results['sandbox']['rooms']} groups, {results['sandbox']['memberships']} memberships "
@@ -1031,6 +1047,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, wait_quiet: float, kep
                         help="wait up to this long for other processes to leave the CPUs before starting")
     parser.add_argument("--sqlite-sync", choices=("full", "normal"), default="full",
                         help="the bot's database.sqlite_sync (config.yaml)")
+    parser.add_argument("--payload-helper", action="store_true",
+                        help="the bot's intake.payload_helper: payloads fetched in a helper process")
     parser.add_argument("--workdir",
                         help="run directory (default: a new temporary one, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help=f"keep the run directory ({kept})")

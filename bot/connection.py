@@ -8,13 +8,16 @@ Here a failure surfaces as :class:`ConnectionFailed` with the reason.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from bot.payload_helper import HelperUnavailable, PayloadHelper
 from bot.wechaty_compat import cached_contact, isolate_bot, load_wechaty, register_secret
 from handlers.inbound import Inbound
 
@@ -53,6 +56,18 @@ MESSAGE_LOADERS = 16
 InboundHandler = Callable[[Inbound], Awaitable[Any]]
 
 
+@functools.cache
+def _wire_kind(wire_type: int) -> str:
+    """Our kind for a MessageType number as the service sends it, mapped as python-wechaty maps it."""
+    from wechaty_puppet_service.puppet import _map_message_type
+
+    try:
+        mapped = _map_message_type(SimpleNamespace(type=wire_type)).type  # type: ignore[arg-type]
+    except IndexError:  # a type newer than python-wechaty's table
+        return "other"
+    return _KINDS.get(mapped.name, "other")
+
+
 def _is_refusal(exc: BaseException) -> bool:
     status = getattr(getattr(exc, "status", None), "name", "")
     return type(exc).__name__ == "GRPCError" and status in ("UNAUTHENTICATED", "PERMISSION_DENIED")
@@ -65,7 +80,8 @@ def redact(token: str) -> str:
 
 class Connection:
     def __init__(
-        self, *, account: str, token: str, endpoint: str, cache_dir: Path, on_inbound: InboundHandler
+        self, *, account: str, token: str, endpoint: str, cache_dir: Path, on_inbound: InboundHandler,
+        use_payload_helper: Callable[[], bool] = lambda: False,
     ) -> None:
         self.account = account
         self.probe_seconds = LIVENESS_PROBE_SECONDS
@@ -89,6 +105,9 @@ class Connection:
         self.unloadable = 0  # message events whose payload could not be fetched (logged, counted)
         self._pending: asyncio.Queue[Any] = asyncio.Queue()  # message events not loaded yet (tiny: ids)
         self._rooms_loading: dict[str, asyncio.Future[None]] = {}  # RoomPayload calls in flight, by room
+        self.use_payload_helper = use_payload_helper  # asked on every load, so a config reload applies
+        self.payload_helper: PayloadHelper | None = None
+        self.helper_fallbacks = 0  # loads made here while the helper was on (starting, gone, or its call failed)
 
     def _build(self) -> Any:
         register_secret(self.token)
@@ -284,13 +303,16 @@ class Connection:
         self._stopping = True
         self.state = "stopped"
         await self._close_bot()
+        helper, self.payload_helper = self.payload_helper, None
+        if helper is not None:
+            await helper.stop()
 
     # -- inbound -----------------------------------------------------------------------------------
     async def _load(self, bot: Any, message_id: str) -> Inbound:
         """A message as python-wechaty's ``Message.ready`` would load it, less the sender's ContactPayload:
         that is a second round trip for every new talker, and only reports, questions and private messages
         need the sender's name (``contact_name``). Chit-chat keeps a name only if the contact is cached."""
-        payload = await bot.puppet.message_payload(message_id)
+        payload, kind = await self._message_payload(bot, message_id)
         self.last_event_at = datetime.now(UTC)
         self._heard_at = asyncio.get_running_loop().time()
         topic = None
@@ -306,7 +328,25 @@ class Connection:
                 sender_name = talker.payload.name or ""
             elif not payload.room_id:  # private messages are officers' commands and residents' requests
                 sender_name = await self.contact_name(payload.from_id)
-        return self._to_inbound(payload, topic, sender_name)
+        return self._to_inbound(payload, kind, topic, sender_name)
+
+    async def _message_payload(self, bot: Any, message_id: str) -> tuple[Any, str]:
+        """The MessagePayload and our kind for it: from the payload helper when it is on and can answer
+        (``bot/payload_helper.py``), else through python-wechaty in this process."""
+        if self.use_payload_helper():
+            if self.payload_helper is None:
+                self.payload_helper = PayloadHelper(self.endpoint, self.token)
+            try:
+                loaded = await self.payload_helper.load(message_id)
+                return loaded, _wire_kind(loaded.wire_type)
+            except HelperUnavailable as exc:
+                self.helper_fallbacks += 1
+                log.debug("message %s loaded in-process: %s", message_id, exc)
+        elif self.payload_helper is not None:  # turned off by a config reload
+            helper, self.payload_helper = self.payload_helper, None
+            await helper.stop()
+        payload = await bot.puppet.message_payload(message_id)
+        return payload, _KINDS.get(getattr(payload.type, "name", str(payload.type)), "other")
 
     async def _room_ready(self, room: Any) -> None:
         """One RoomPayload per room, then cached by python-wechaty, even when several loaders meet a new
@@ -331,9 +371,8 @@ class Connection:
             return contact_id
         return contact.payload.name or contact_id
 
-    def _to_inbound(self, payload: Any, topic: str | None, sender_name: str) -> Inbound:
+    def _to_inbound(self, payload: Any, kind: str, topic: str | None, sender_name: str) -> Inbound:
         mentions = tuple(getattr(payload, "mention_ids", None) or ())
-        kind_name = getattr(payload.type, "name", str(payload.type))
         timestamp = payload.timestamp or 0
         # The wire carries epoch milliseconds; some services send seconds.
         seconds = timestamp / 1000 if timestamp > 10**11 else float(timestamp)
@@ -346,7 +385,7 @@ class Connection:
             room_id=payload.room_id or None,
             room_topic=topic,
             text=payload.text or "",
-            kind=_KINDS.get(kind_name, "other"),
+            kind=kind,
             mentions=mentions,
             mentions_bot=bool(self.self_id and self.self_id in mentions),
             sent_at=sent_at,

@@ -381,6 +381,9 @@ class IntakeConfig(Strict):
     joined_reply_every: Duration = Field(
         timedelta(minutes=5), description="while an incident is open, at most one 'already reported' reply to "
         "its group per this interval, however many residents report it")
+    payload_helper: bool = Field(
+        False, description="fetch message payloads from the puppet service in a helper process (a second CPU "
+        "core does that gRPC work); the bot falls back to fetching them itself")
 
 
 class BroadcastConfig(Strict):

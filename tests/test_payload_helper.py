@@ -1,0 +1,161 @@
+"""The payload helper (``intake.payload_helper``): message payloads fetched by a child process over its own
+gRPC channel to the sandbox, with the bot's own process as the fallback whenever the helper cannot answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.connection import Connection, _wire_kind
+from bot.payload_helper import PayloadHelper
+from tests.conftest import JINXIU, WANG, Env
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15) -> None:
+    """Wait for ``condition`` (polled on the loop: a child process's state has no event to wait on)."""
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def with_helper(text: str, on: bool = True) -> str:
+    data = yaml.safe_load(text)
+    data.setdefault("intake", {})["payload_helper"] = on
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
+@pytest.fixture
+def default_config_text() -> str:
+    return with_helper((Path(__file__).parents[1] / "config.yaml").read_text(encoding="utf-8"))
+
+
+def connection(env: Env) -> Connection:
+    assert env.app.connection is not None
+    return env.app.connection
+
+
+async def running_helper(env: Env) -> PayloadHelper:
+    """The bot's helper, started and answering (the first load starts it; loads go in-process meanwhile)."""
+    assert env.app.connection is not None
+    await env.sandbox.say("wxid_res_02", "早上好", room=JINXIU)
+    await until(lambda: env.app.connection.payload_helper is not None  # type: ignore[union-attr]
+                and env.app.connection.payload_helper.running)  # type: ignore[union-attr]
+    helper = env.app.connection.payload_helper  # type: ignore[union-attr]
+    assert helper is not None
+    return helper
+
+
+async def test_reports_load_through_the_helper(env: Env) -> None:
+    helper = await running_helper(env)
+    answered, fallbacks = helper.answered, connection(env).helper_fallbacks
+    start = env.sandbox.log.last_seq
+    message_id = await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
+    assert await env.outcome_of(message_id) == "incident:fire"
+    reply = await env.bot_says(JINXIU, start, "119")
+    assert reply["mentions"] == ["wxid_res_01"]  # the sender, room and mentions came through the helper
+    await env.bot_says(WANG, start, "烟焦味")
+    assert helper.answered > answered and helper.failed == 0
+    assert connection(env).helper_fallbacks == fallbacks  # nothing was loaded in the bot's process
+    [incident] = await env.incidents()
+    assert incident.reporter_name == "张阿姨" and incident.group_name == "锦绣小区平安群"
+
+
+async def test_the_token_is_not_on_the_helpers_command_line(env: Env) -> None:
+    helper = await running_helper(env)
+    assert helper._transport is not None
+    pid = helper._transport.get_pid()
+    command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+    assert "bot.payload_helper" in command_line and env.sandbox.token not in command_line
+
+
+async def test_message_types_are_mapped_as_python_wechaty_maps_them(env: Env) -> None:
+    helper = await running_helper(env)
+    message_id = await env.sandbox.say("wxid_res_01", "[图片]", room=JINXIU)
+    # The sandbox only says text: make this one an image (Node numbering: Image = 6) before it is fetched.
+    env.sandbox.log._by_id[message_id]["type"] = 6
+    assert await env.outcome_of(message_id) == "not_text"
+    assert helper.answered >= 1
+    assert [_wire_kind(n) for n in (7, 6, 2, 15, 0, 99)] == ["text", "image", "audio", "video", "other", "other"]
+
+
+async def test_a_killed_helper_loses_nothing_and_is_started_again(env: Env) -> None:
+    helper = await running_helper(env)
+    helper.restart_after = 0.0
+    assert helper._transport is not None
+    first_pid = helper._transport.get_pid()
+    os.kill(first_pid, signal.SIGKILL)
+    await until(lambda: not helper.running)
+    fallbacks = connection(env).helper_fallbacks
+    start = env.sandbox.log.last_seq
+    message_id = await env.sandbox.say("wxid_res_01", "楼道着火了", room=JINXIU)
+    assert await env.outcome_of(message_id) == "incident:fire"
+    assert connection(env).helper_fallbacks > fallbacks  # loaded in the bot's process
+    await env.bot_says(JINXIU, start, "119")
+    await until(lambda: helper.running)  # that load asked for a new helper
+    assert helper._transport is not None and helper._transport.get_pid() != first_pid and helper.starts == 2
+    answered, fallbacks = helper.answered, connection(env).helper_fallbacks
+    message_id = await env.sandbox.say("wxid_res_03", "今晚吃火锅吗", room=JINXIU)
+    assert await env.outcome_of(message_id) == "quiet"
+    assert helper.answered > answered and connection(env).helper_fallbacks == fallbacks
+
+
+async def test_a_hung_helper_is_ended_and_its_loads_made_in_process(env: Env) -> None:
+    helper = await running_helper(env)
+    helper.answer_timeout = 0.5
+    helper.restart_after = 3600.0  # stay on the fallback for the rest of the test
+    assert helper._transport is not None
+    os.kill(helper._transport.get_pid(), signal.SIGSTOP)  # alive, answering nothing
+    fallbacks = connection(env).helper_fallbacks
+    start = env.sandbox.log.last_seq
+    message_id = await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
+    assert await env.outcome_of(message_id) == "incident:fire"
+    await env.bot_says(JINXIU, start, "119")
+    assert not helper.running and helper.failed >= 1 and connection(env).helper_fallbacks > fallbacks
+
+
+async def test_a_helper_that_cannot_reach_the_service_hands_loads_back(env: Env) -> None:
+    helper = await running_helper(env)
+    helper.endpoint = "127.0.0.1:1"  # its next start connects nowhere
+    helper.restart_after = 0.0
+    assert helper._transport is not None
+    os.kill(helper._transport.get_pid(), signal.SIGKILL)
+    await until(lambda: not helper.running)
+    await env.sandbox.say("wxid_res_02", "早", room=JINXIU)  # loaded in-process; starts the new helper
+    await until(lambda: helper.running)
+    failed = helper.failed
+    message_id = await env.sandbox.say("wxid_res_01", "楼道着火了", room=JINXIU)
+    assert await env.outcome_of(message_id) == "incident:fire"
+    assert helper.failed == failed + 1  # the helper's call failed; the bot's own succeeded
+
+
+async def test_a_config_reload_turns_the_helper_off_and_on(env: Env) -> None:
+    helper = await running_helper(env)
+    assert env.app.connection is not None
+    text = env.config_path.read_text(encoding="utf-8")
+    env.config_path.write_text(with_helper(text, on=False), encoding="utf-8")
+    assert env.app.reload() == []
+    message_id = await env.sandbox.say("wxid_res_03", "今晚吃火锅吗", room=JINXIU)
+    assert await env.outcome_of(message_id) == "quiet"
+    assert env.app.connection.payload_helper is None and not helper.running
+    env.config_path.write_text(text, encoding="utf-8")
+    assert env.app.reload() == []
+    again = await running_helper(env)
+    assert again is not helper
+
+
+async def test_stopping_the_bot_ends_the_helper(env: Env) -> None:
+    helper = await running_helper(env)
+    assert helper._transport is not None
+    pid = helper._transport.get_pid()
+    await env.app.stop()
+    assert not helper.running
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
