@@ -51,6 +51,9 @@ LIVENESS_TIMEOUT_SECONDS = 100.0  # ...and reconnect when nothing at all (no don
 # queued, their gRPC calls fight over stream slots and throughput falls ~3x. A fixed pool of loaders over a
 # queue of event ids keeps the work bounded however many events are waiting.
 MESSAGE_LOADERS = 16
+# With the payload helper the calls are made in its process, and the limit is on this one's side only the
+# round trips waiting (three processes on two cores answer each load later, not slower): more may wait.
+HELPER_LOADERS = 64
 
 
 InboundHandler = Callable[[Inbound], Awaitable[Any]]
@@ -107,6 +110,7 @@ class Connection:
         self._rooms_loading: dict[str, asyncio.Future[None]] = {}  # RoomPayload calls in flight, by room
         self.use_payload_helper = use_payload_helper  # asked on every load, so a config reload applies
         self.payload_helper: PayloadHelper | None = None
+        self._in_process_loads = asyncio.Semaphore(MESSAGE_LOADERS)
         self.helper_fallbacks = 0  # loads made here while the helper was on (starting, gone, or its call failed)
 
     def _build(self) -> Any:
@@ -145,7 +149,7 @@ class Connection:
         ~30 s), forever, without restarting the process. Only a refused token before the first login is
         fatal (a configuration error a person must fix)."""
         loaders = [asyncio.create_task(self._load_messages(), name=f"message-loader-{n}")
-                   for n in range(MESSAGE_LOADERS)]
+                   for n in range(HELPER_LOADERS)]
         try:
             await self._stay_connected()
         finally:
@@ -345,7 +349,8 @@ class Connection:
         elif self.payload_helper is not None:  # turned off by a config reload
             helper, self.payload_helper = self.payload_helper, None
             await helper.stop()
-        payload = await bot.puppet.message_payload(message_id)
+        async with self._in_process_loads:
+            payload = await bot.puppet.message_payload(message_id)
         return payload, _KINDS.get(getattr(payload.type, "name", str(payload.type)), "other")
 
     async def _room_ready(self, room: Any) -> None:

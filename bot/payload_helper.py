@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ TOKEN_ENV = "GONGHAO_HELPER_TOKEN"
 CALL_TIMEOUT_SECONDS = 10.0  # one MessagePayload call in the helper
 ANSWER_TIMEOUT_SECONDS = 30.0  # a load the helper has not answered in this long: the helper is hung
 RESTART_AFTER_SECONDS = 5.0
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WATCH_EVERY_SECONDS = 1.0
 
 
@@ -108,7 +110,9 @@ class PayloadHelper:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        env = dict(os.environ, **{TOKEN_ENV: self._token})
+        # The helper runs this very copy of the code, whatever the working directory or installed copy says.
+        path = os.pathsep.join(p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, **{TOKEN_ENV: self._token, "PYTHONPATH": path})
         try:
             transport, _ = await loop.subprocess_exec(
                 lambda: _Pipe(self._answered, self._exited), sys.executable, "-m", "bot.payload_helper",

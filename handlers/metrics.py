@@ -42,6 +42,10 @@ class ConnectionFigures:
     pending_events: int = 0  # message events received, payload not fetched yet
     unloadable: int = 0  # message events whose payload could not be fetched
     intake_backlog: int = 0  # loaded messages waiting for the pipeline
+    # the payload helper process (``intake.payload_helper``): running now, and loads since start by where made
+    helper_running: bool = False
+    helper_loads: int = 0
+    helper_fallbacks: int = 0
     # the process's event loop (``bot/loop_watch.py``): times it was held past the threshold, and for how long
     loop_stalls: int = 0
     loop_stalled_seconds: float = 0.0
@@ -122,6 +126,15 @@ class Metrics:
             "Message events whose payload the puppet service could not give since start", registry=r)
         self.intake_backlog = Gauge(
             "gonghao_intake_backlog", "Loaded messages waiting for the pipeline", registry=r)
+        self.helper_running = Gauge(
+            "gonghao_payload_helper_running", "1 while the payload helper process runs (intake.payload_helper)",
+            registry=r)
+        self.helper_loads = Gauge(
+            "gonghao_payload_helper_loads", "Message payloads the helper process fetched since start", registry=r)
+        self.helper_fallbacks = Gauge(
+            "gonghao_payload_helper_fallbacks",
+            "Message payloads fetched in the bot's own process while the helper was on but could not answer "
+            "(starting, restarting, or its call failed) since start", registry=r)
         self.loop_stalls = Gauge(
             "gonghao_event_loop_stalls",
             "Times since start that something held the process's event loop for the stall threshold "
@@ -198,6 +211,9 @@ class Metrics:
         self.pending_events.set(connection.pending_events)
         self.unloadable.set(connection.unloadable)
         self.intake_backlog.set(connection.intake_backlog)
+        self.helper_running.set(1 if connection.helper_running else 0)
+        self.helper_loads.set(connection.helper_loads)
+        self.helper_fallbacks.set(connection.helper_fallbacks)
         self.loop_stalls.set(connection.loop_stalls)
         self.loop_stalled_seconds.set(connection.loop_stalled_seconds)
         checkpointer = station.db.checkpointer

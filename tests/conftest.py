@@ -132,6 +132,15 @@ def write_config(directory: Path, text_yaml: str, database_url: str | None = Non
     return path
 
 
+def with_payload_helper(text_yaml: str, on: bool = True) -> str:
+    """A config text with ``intake.payload_helper`` set (message payloads fetched by a helper process)."""
+    import yaml
+
+    data = yaml.safe_load(text_yaml)
+    data.setdefault("intake", {})["payload_helper"] = on
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
 BOT = "wxid_gonghao_bot"
 JINXIU = "jinxiu@chatroom"
 FANGDIAN = "fangdian@chatroom"

@@ -22,18 +22,20 @@ from handlers import pipeline
 from handlers.inbound import Inbound
 from models.db import Database
 from models.tables import EchoReceipt, InboundMessage, Incident, OutboxMessage
-from tests.conftest import BOT, JINXIU, WANG, Env, FakeClock, write_config
+from tests.conftest import BOT, JINXIU, WANG, Env, FakeClock, with_payload_helper, write_config
 from tests.test_storage import make_station, outbox, resident_says
 
 
-async def test_bot_reconnects_when_the_puppet_service_comes_back(tmp_path: Path, clock: FakeClock,
-                                                                 default_config_text: str) -> None:
+@pytest.mark.parametrize("payload_helper", [False, True], ids=["in-process", "payload-helper"])
+async def test_bot_reconnects_when_the_puppet_service_comes_back(
+    tmp_path: Path, clock: FakeClock, default_config_text: str, payload_helper: bool
+) -> None:
     token = "reconnect-test-token"
     first = Sandbox(load_world(None), token=token)
     await first.start()
     port = first.grpc_port
-    app = App(write_config(tmp_path, default_config_text), puppet=PuppetTarget(token, first.endpoint), clock=clock,
-              watch=False)
+    config_path = write_config(tmp_path, with_payload_helper(default_config_text, payload_helper))
+    app = App(config_path, puppet=PuppetTarget(token, first.endpoint), clock=clock, watch=False)
     await app.start()
     second: Sandbox | None = None
     try:
@@ -51,9 +53,13 @@ async def test_bot_reconnects_when_the_puppet_service_comes_back(tmp_path: Path,
         escalated = await second.wait_for("wxid_officer_li", lambda m: "警情升级" in m["text"], timeout=30)
         assert "#1" in escalated["text"]
         assert app.connection.reconnects >= 1
+        helper = app.connection.payload_helper
+        answered = helper.answered if helper is not None else 0
         start = second.log.last_seq
         await second.say("wxid_res_02", "一个三四岁的小男孩光着脚在外到处找妈妈", room=JINXIU)
         await second.wait_for(JINXIU, lambda m: m["from"] == BOT and "孩子" in m["text"], after=start, timeout=30)
+        if payload_helper:  # the helper's own channel found the service again too
+            assert helper is not None and helper.running and helper.answered > answered
     finally:
         await app.stop()
         await first.stop()

@@ -9,12 +9,13 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
-import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.connection import Connection, _wire_kind
 from bot.payload_helper import PayloadHelper
-from tests.conftest import JINXIU, WANG, Env
+from tests.conftest import JINXIU, WANG, Env, with_payload_helper
 
 
 async def until(condition: Callable[[], bool], timeout: float = 15) -> None:
@@ -26,15 +27,9 @@ async def until(condition: Callable[[], bool], timeout: float = 15) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
-def with_helper(text: str, on: bool = True) -> str:
-    data = yaml.safe_load(text)
-    data.setdefault("intake", {})["payload_helper"] = on
-    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
-
-
 @pytest.fixture
 def default_config_text() -> str:
-    return with_helper((Path(__file__).parents[1] / "config.yaml").read_text(encoding="utf-8"))
+    return with_payload_helper((Path(__file__).parents[1] / "config.yaml").read_text(encoding="utf-8"))
 
 
 def connection(env: Env) -> Connection:
@@ -66,6 +61,28 @@ async def test_reports_load_through_the_helper(env: Env) -> None:
     assert connection(env).helper_fallbacks == fallbacks  # nothing was loaded in the bot's process
     [incident] = await env.incidents()
     assert incident.reporter_name == "张阿姨" and incident.group_name == "锦绣小区平安群"
+
+
+async def test_health_and_metrics_show_the_helper(env: Env) -> None:
+    helper = await running_helper(env)
+    message_id = await env.sandbox.say("wxid_res_03", "今晚吃火锅吗", room=JINXIU)
+    assert await env.outcome_of(message_id) == "quiet"
+    assert env.app.web is not None
+    async with aiohttp.ClientSession(env.app.web.url) as http:
+        async with http.get("/healthz") as response:
+            assert (await response.json())["payload_helper"] == "running"
+        async with http.get("/metrics") as response:
+            exposed = {sample.name: sample.value for family in text_string_to_metric_families(
+                await response.text()) for sample in family.samples}
+        assert exposed["gonghao_payload_helper_running"] == 1
+        assert exposed["gonghao_payload_helper_loads"] == helper.answered >= 1
+        assert exposed["gonghao_payload_helper_fallbacks"] == connection(env).helper_fallbacks >= 1  # the first
+        helper.restart_after = 3600.0
+        assert helper._transport is not None
+        os.kill(helper._transport.get_pid(), signal.SIGKILL)
+        await until(lambda: not helper.running)
+        async with http.get("/healthz") as response:
+            assert (await response.json())["payload_helper"] == "down"
 
 
 async def test_the_token_is_not_on_the_helpers_command_line(env: Env) -> None:
@@ -140,7 +157,7 @@ async def test_a_config_reload_turns_the_helper_off_and_on(env: Env) -> None:
     helper = await running_helper(env)
     assert env.app.connection is not None
     text = env.config_path.read_text(encoding="utf-8")
-    env.config_path.write_text(with_helper(text, on=False), encoding="utf-8")
+    env.config_path.write_text(with_payload_helper(text, on=False), encoding="utf-8")
     assert env.app.reload() == []
     message_id = await env.sandbox.say("wxid_res_03", "今晚吃火锅吗", room=JINXIU)
     assert await env.outcome_of(message_id) == "quiet"

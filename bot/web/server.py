@@ -259,6 +259,7 @@ def connection_figures(app: App) -> ConnectionFigures:
     if connection is None:
         return ConnectionFigures(intake_backlog=app.intake_backlog, **loop)
     last = connection.last_event_at
+    helper = connection.payload_helper
     return ConnectionFigures(
         **loop,
         connected=connection.logged_in.is_set(),
@@ -268,6 +269,9 @@ def connection_figures(app: App) -> ConnectionFigures:
         pending_events=connection.pending_events,
         unloadable=connection.unloadable,
         intake_backlog=app.intake_backlog,
+        helper_running=helper is not None and helper.running,
+        helper_loads=helper.answered if helper is not None else 0,
+        helper_fallbacks=connection.helper_fallbacks,
     )
 
 
@@ -287,6 +291,9 @@ async def healthz(request: web.Request) -> web.StreamResponse:
         "last_event_at": last.isoformat() if last is not None else None,
         "pending_events": figures.pending_events,
         "intake_backlog": figures.intake_backlog,
+        # "off" unless intake.payload_helper; "down" while it restarts (loads are made in the bot meanwhile)
+        "payload_helper": ("running" if figures.helper_running else "down")
+        if connection is not None and connection.use_payload_helper() else "off",
         "event_loop_stalls": figures.loop_stalls,
         "database": database,
         "config_version": app.station.current.version if app.station is not None else None,
