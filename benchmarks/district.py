@@ -907,6 +907,11 @@ def _latency_cells(phase: dict[str, Any]) -> str:
     )
 
 
+def _bot_cpu(phase: dict[str, Any]) -> str:
+    cpu = phase["cpu_percent"]
+    return f"{cpu['bot']} + {cpu['helper']}" if "helper" in cpu else str(cpu["bot"])
+
+
 def report(results: dict[str, Any]) -> str:
     if "full" not in results or "bare" not in results or "search" not in results["full"]:
         return json.dumps({k: v for k, v in results.items() if k != "params"}, indent=1, default=str)
@@ -969,7 +974,8 @@ def report(results: dict[str, Any]) -> str:
         f"| exit on SIGTERM | code {bare['exit']['code']}, {bare['exit']['seconds']:.2f} s | "
         f"code {full['exit']['code']}, {full['exit']['seconds']:.2f} s |",
         "",
-        "rate searches: offered -> completed msg/s (drain after the last emit, CPU in % of one core: bot / "
+        "rate searches: offered -> completed msg/s (drain after the last emit, CPU in % of one core: bot "
+        "(+ its payload helper) / "
         "sandbox / every other process on the machine, the bot's CPU per message):",
     ]
     for name, search in (("bare", bare["search"]), ("bot", full["search"])):
@@ -977,7 +983,7 @@ def report(results: dict[str, Any]) -> str:
             f"  {name}: "
             + "; ".join(
                 f"{pr['offered_rate']:.0f} -> {pr['rate']:.0f} ({pr['drain_s']:.1f} s, "
-                f"{pr['cpu_percent']['bot']}/{pr['cpu_percent']['sandbox']}/{pr['cpu_percent']['others']}%, "
+                f"{_bot_cpu(pr)}/{pr['cpu_percent']['sandbox']}/{pr['cpu_percent']['others']}%, "
                 f"{pr['cpu_ms_per_message']:.1f} ms CPU/msg)"
                 f"{'' if pr['kept_up'] else ' behind'}"
                 for pr in search["probes"]
@@ -989,7 +995,7 @@ def report(results: dict[str, Any]) -> str:
         "report→reply p50 / p99 / max "
         "| replies (unanswered reports) | intake p50 / p99 ms | decide+queue p50 / p99 ms | send p50 / p99 "
         "ms "
-        "| CPU % bot / sandbox / others (bot CPU per msg) | RSS | rows stored |",
+        "| CPU % bot (+ payload helper) / sandbox / others (bot CPU per msg) | RSS | rows stored |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [
@@ -1008,9 +1014,11 @@ def report(results: dict[str, Any]) -> str:
             f"| {phase['tag']} | {offered} | {phase['rate']:.0f} | {phase['lost']} | "
             f"{phase['drain_s']:.2f} s | "
             f"{_latency_cells(phase)} | "
-            f"{phase['cpu_percent']['bot']} / {phase['cpu_percent']['sandbox']} / "
-            f"{phase['cpu_percent']['others']} ({phase['cpu_ms_per_message'] or 0:.1f} ms) | "
-            f"{phase['memory'].get('VmRSS', 0):.0f} MB | {phase['stored_total']} |"
+            f"{_bot_cpu(phase)} / {phase['cpu_percent']['sandbox']} / "
+            f"{phase['cpu_percent']['others']} ({phase['cpu_ms_per_message'] or 0:.2f} ms) | "
+            f"{phase['memory'].get('VmRSS', 0):.0f}"
+            + (f" + {phase['helper_memory'].get('VmRSS', 0):.0f}" if phase.get("helper_memory") else "")
+            + f" MB | {phase['stored_total']} |"
         )
     lines.append("")
     lines.append(
