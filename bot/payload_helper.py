@@ -36,6 +36,7 @@ ANSWER_TIMEOUT_SECONDS = 30.0  # a load the helper has not answered in this long
 RESTART_AFTER_SECONDS = 5.0
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WATCH_EVERY_SECONDS = 1.0
+STOP_GRACE_SECONDS = 1.0
 
 
 class HelperUnavailable(RuntimeError):
@@ -58,10 +59,18 @@ class LoadedPayload:
 
 # -- the bot's side ------------------------------------------------------------------------------------
 class _Pipe(asyncio.SubprocessProtocol):
-    def __init__(self, on_line: Callable[[bytes], None], on_exit: Callable[[], None]) -> None:
+    """One helper process: its answers, line by line, and its end."""
+
+    def __init__(self, on_line: Callable[[bytes], None], on_exit: Callable[[_Pipe], None]) -> None:
         self._buffer = b""
         self._on_line = on_line
         self._on_exit = on_exit
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.transport = transport
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if fd != 1:
@@ -71,7 +80,32 @@ class _Pipe(asyncio.SubprocessProtocol):
             self._on_line(line)
 
     def process_exited(self) -> None:
-        self._on_exit()
+        if not self.exited.done():
+            self.exited.set_result(None)
+        self._on_exit(self)
+
+    @property
+    def alive(self) -> bool:
+        return self.transport is not None and self.transport.get_returncode() is None
+
+    def write(self, data: bytes) -> None:
+        stdin = self.transport.get_pipe_transport(0) if self.transport is not None else None
+        if isinstance(stdin, asyncio.WriteTransport) and not stdin.is_closing():
+            stdin.write(data)
+
+    async def end(self, grace: float) -> None:
+        """Close its input (it finishes what it was asked and exits); kill it if it has not within ``grace``."""
+        if self.transport is None:
+            return
+        stdin = self.transport.get_pipe_transport(0)
+        if stdin is not None:
+            stdin.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), grace)
+        except TimeoutError:
+            self.transport.kill()
+            await self.exited
+        self.transport.close()
 
 
 class PayloadHelper:
@@ -80,14 +114,14 @@ class PayloadHelper:
     def __init__(self, endpoint: str, token: str) -> None:
         self.endpoint = endpoint
         self._token = token
-        self._transport: asyncio.SubprocessTransport | None = None
-        self._stdin: asyncio.WriteTransport | None = None
+        self._pipe: _Pipe | None = None
         self._waiting: dict[int, tuple[asyncio.Future[LoadedPayload], float]] = {}
         self._next = 0
         self._outgoing: list[bytes] = []
         self._started_at: float | None = None
         self._starting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._stopping = False
         self.answer_timeout = ANSWER_TIMEOUT_SECONDS
         self.restart_after = RESTART_AFTER_SECONDS
         self.starts = 0
@@ -96,11 +130,15 @@ class PayloadHelper:
 
     @property
     def running(self) -> bool:
-        return self._transport is not None and self._transport.get_returncode() is None
+        return self._pipe is not None and self._pipe.alive
+
+    @property
+    def pid(self) -> int | None:
+        return self._pipe.transport.get_pid() if self._pipe is not None and self._pipe.transport else None
 
     def ensure_started(self) -> None:
         """Start the helper in the background unless it runs, is starting, or started moments ago."""
-        if self.running or self._starting is not None:
+        if self.running or self._starting is not None or self._stopping:
             return
         now = time.monotonic()
         if self._started_at is not None and now - self._started_at < self.restart_after:
@@ -114,7 +152,7 @@ class PayloadHelper:
         path = os.pathsep.join(p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
         env = dict(os.environ, **{TOKEN_ENV: self._token, "PYTHONPATH": path})
         try:
-            transport, _ = await loop.subprocess_exec(
+            _, pipe = await loop.subprocess_exec(
                 lambda: _Pipe(self._answered, self._exited), sys.executable, "-m", "bot.payload_helper",
                 self.endpoint, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
                 env=env,
@@ -124,17 +162,19 @@ class PayloadHelper:
             return
         finally:
             self._starting = None
-        stdin = transport.get_pipe_transport(0)
-        assert isinstance(stdin, asyncio.WriteTransport)
-        self._transport, self._stdin = transport, stdin
+        assert isinstance(pipe, _Pipe)
+        if self._stopping:
+            await pipe.end(0.0)
+            return
+        self._pipe = pipe
         self.starts += 1
-        log.info("payload helper started (pid %s)", transport.get_pid())
+        log.info("payload helper started (pid %s)", self.pid)
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="payload-helper-watch")
 
     async def load(self, message_id: str) -> LoadedPayload:
         """The payload of ``message_id`` as the helper fetched it; :class:`HelperUnavailable` when it cannot."""
-        if not self.running or self._stdin is None:
+        if not self.running:
             self.ensure_started()
             raise HelperUnavailable("the payload helper is not running")
         self._next += 1
@@ -148,8 +188,8 @@ class PayloadHelper:
 
     def _flush(self) -> None:
         lines, self._outgoing = self._outgoing, []
-        if self._stdin is not None and not self._stdin.is_closing():
-            self._stdin.write(b"".join(lines))
+        if self._pipe is not None:
+            self._pipe.write(b"".join(lines))  # a load written to a dying helper fails when its exit is seen
 
     def _answered(self, line: bytes) -> None:
         try:
@@ -169,10 +209,12 @@ class PayloadHelper:
         waiting[0].set_result(LoadedPayload(message_id, text, timestamp, wire_type, from_id, room_id, to_id,
                                             tuple(mentions)))
 
-    def _exited(self) -> None:
-        code = self._transport.get_returncode() if self._transport is not None else None
+    def _exited(self, pipe: _Pipe) -> None:
+        if pipe is not self._pipe:  # a helper already replaced or stopped
+            return
+        code = pipe.transport.get_returncode() if pipe.transport is not None else None
         log.warning("payload helper exited (code %s); loading in the bot's process meanwhile", code)
-        self._transport, self._stdin = None, None
+        self._pipe = None
         self._fail_all("the payload helper exited")
 
     def _fail_all(self, reason: str) -> None:
@@ -190,29 +232,20 @@ class PayloadHelper:
             if oldest is not None and time.monotonic() - oldest > self.answer_timeout:
                 log.warning("payload helper answered nothing for %.1f s; ending it", self.answer_timeout)
                 self._fail_all("the payload helper stopped answering")
-                if self._transport is not None:
-                    self._transport.kill()
+                if self._pipe is not None and self._pipe.transport is not None:
+                    self._pipe.transport.kill()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._starting is not None:
             self._starting.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        transport, self._transport, self._stdin = self._transport, None, None
+        pipe, self._pipe = self._pipe, None
         self._fail_all("the payload helper was stopped")
-        if transport is not None and transport.get_returncode() is None:
-            stdin = transport.get_pipe_transport(0)
-            if stdin is not None:
-                stdin.close()  # end of input: the helper finishes and exits
-            for _ in range(50):
-                if transport.get_returncode() is not None:
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                transport.kill()
-        if transport is not None:
-            transport.close()
+        if pipe is not None:
+            await pipe.end(STOP_GRACE_SECONDS)
 
 
 # -- the helper's side -----------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.connection import Connection, _wire_kind
 from bot.payload_helper import PayloadHelper
-from tests.conftest import JINXIU, WANG, Env, with_payload_helper
+from tests.conftest import JINXIU, WANG, Env, with_payload_helper, write_config
+from tests.test_fault_processes import START_TIMEOUT, TOKEN, Child, bot_says, say, start_sandbox
 
 
 async def until(condition: Callable[[], bool], timeout: float = 15) -> None:
@@ -78,8 +79,8 @@ async def test_health_and_metrics_show_the_helper(env: Env) -> None:
         assert exposed["gonghao_payload_helper_loads"] == helper.answered >= 1
         assert exposed["gonghao_payload_helper_fallbacks"] == connection(env).helper_fallbacks >= 1  # the first
         helper.restart_after = 3600.0
-        assert helper._transport is not None
-        os.kill(helper._transport.get_pid(), signal.SIGKILL)
+        assert helper.pid is not None
+        os.kill(helper.pid, signal.SIGKILL)
         await until(lambda: not helper.running)
         async with http.get("/healthz") as response:
             assert (await response.json())["payload_helper"] == "down"
@@ -87,8 +88,7 @@ async def test_health_and_metrics_show_the_helper(env: Env) -> None:
 
 async def test_the_token_is_not_on_the_helpers_command_line(env: Env) -> None:
     helper = await running_helper(env)
-    assert helper._transport is not None
-    pid = helper._transport.get_pid()
+    pid = helper.pid
     command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert "bot.payload_helper" in command_line and env.sandbox.token not in command_line
 
@@ -106,8 +106,8 @@ async def test_message_types_are_mapped_as_python_wechaty_maps_them(env: Env) ->
 async def test_a_killed_helper_loses_nothing_and_is_started_again(env: Env) -> None:
     helper = await running_helper(env)
     helper.restart_after = 0.0
-    assert helper._transport is not None
-    first_pid = helper._transport.get_pid()
+    first_pid = helper.pid
+    assert first_pid is not None
     os.kill(first_pid, signal.SIGKILL)
     await until(lambda: not helper.running)
     fallbacks = connection(env).helper_fallbacks
@@ -117,7 +117,7 @@ async def test_a_killed_helper_loses_nothing_and_is_started_again(env: Env) -> N
     assert connection(env).helper_fallbacks > fallbacks  # loaded in the bot's process
     await env.bot_says(JINXIU, start, "119")
     await until(lambda: helper.running)  # that load asked for a new helper
-    assert helper._transport is not None and helper._transport.get_pid() != first_pid and helper.starts == 2
+    assert helper.pid != first_pid and helper.starts == 2
     answered, fallbacks = helper.answered, connection(env).helper_fallbacks
     message_id = await env.sandbox.say("wxid_res_03", "今晚吃火锅吗", room=JINXIU)
     assert await env.outcome_of(message_id) == "quiet"
@@ -128,8 +128,8 @@ async def test_a_hung_helper_is_ended_and_its_loads_made_in_process(env: Env) ->
     helper = await running_helper(env)
     helper.answer_timeout = 0.5
     helper.restart_after = 3600.0  # stay on the fallback for the rest of the test
-    assert helper._transport is not None
-    os.kill(helper._transport.get_pid(), signal.SIGSTOP)  # alive, answering nothing
+    assert helper.pid is not None
+    os.kill(helper.pid, signal.SIGSTOP)  # alive, answering nothing
     fallbacks = connection(env).helper_fallbacks
     start = env.sandbox.log.last_seq
     message_id = await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
@@ -142,8 +142,8 @@ async def test_a_helper_that_cannot_reach_the_service_hands_loads_back(env: Env)
     helper = await running_helper(env)
     helper.endpoint = "127.0.0.1:1"  # its next start connects nowhere
     helper.restart_after = 0.0
-    assert helper._transport is not None
-    os.kill(helper._transport.get_pid(), signal.SIGKILL)
+    assert helper.pid is not None
+    os.kill(helper.pid, signal.SIGKILL)
     await until(lambda: not helper.running)
     await env.sandbox.say("wxid_res_02", "早", room=JINXIU)  # loaded in-process; starts the new helper
     await until(lambda: helper.running)
@@ -170,9 +170,51 @@ async def test_a_config_reload_turns_the_helper_off_and_on(env: Env) -> None:
 
 async def test_stopping_the_bot_ends_the_helper(env: Env) -> None:
     helper = await running_helper(env)
-    assert helper._transport is not None
-    pid = helper._transport.get_pid()
+    pid = helper.pid
+    assert pid is not None
     await env.app.stop()
     assert not helper.running
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def process_exit(pid: int, timeout: float) -> None:
+    """Wait until process ``pid`` (not our child) has exited: its pidfd becomes readable then."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # gone already
+        return
+    exited = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_reader(fd, exited.set)
+    try:
+        await asyncio.wait_for(exited.wait(), timeout)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def test_the_helper_does_not_outlive_a_killed_bot(tmp_path: Path, default_config_text: str) -> None:
+    """kill -9 of the bot process: its helper sees the end of its input and exits, leaving nothing behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WECHATY_")}
+    env["WECHATY_PUPPET_SERVICE_TOKEN"] = TOKEN
+    config = write_config(tmp_path, default_config_text)
+    children: list[Child] = []
+    try:
+        sandbox, endpoint, web_url = await start_sandbox(tmp_path, env, 0, 0, "sandbox")
+        children.append(sandbox)
+        bot = await Child.start("bot", ["--config", str(config)], cwd=tmp_path,
+                                env={**env, "WECHATY_PUPPET_SERVICE_ENDPOINT": endpoint})
+        children.append(bot)
+        await bot.wait_line(r"logged in and listening", timeout=START_TIMEOUT)
+        async with aiohttp.ClientSession(web_url) as http:
+            await say(http, "wxid_res_02", "早上好", room=JINXIU)  # the first load starts the helper
+            started = await bot.wait_line(r"payload helper started \(pid (\d+)\)", timeout=START_TIMEOUT)
+            await say(http, "wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
+            assert "119" in (await bot_says(http, JINXIU, "119"))["text"]
+        helper_pid = int(started.group(1))
+        assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
+        await process_exit(helper_pid, START_TIMEOUT)
+    finally:
+        for child in children:
+            await child.stop()
