@@ -282,7 +282,7 @@ def cmd_sla(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from handlers.explain import parse_local_time
-    from handlers.tickets import format_sla_report, load_sla_report
+    from handlers.sla import format_sla_report, load_sla_report
 
     now = datetime.now(config.zone)
     try:

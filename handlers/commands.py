@@ -19,7 +19,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config.schema import Config, OfficerConfig
-from handlers import broadcasts, tickets
+from handlers import broadcasts, ticket_commands, tickets
 from handlers.escalation import group_of, start_chain
 from handlers.inbound import Inbound
 from handlers.incidents import ack_already_text, acknowledge, resolve
@@ -97,9 +97,9 @@ async def handle_private(session: AsyncSession, live: ConfigVersion, inbound: In
         answer(config.texts.not_an_officer)
         return "refused_not_officer"
 
-    ticket_command = tickets.parse_ticket_command(inbound.text)
+    ticket_command = ticket_commands.parse_ticket_command(inbound.text)
     if ticket_command is not None:  # 答 35 … / 反馈 35 …: residents' inquiries
-        return await tickets.handle_ticket_command(session, live, officer, ticket_command, now, answer)
+        return await ticket_commands.handle_ticket_command(session, live, officer, ticket_command, now, answer)
     command = parse_command(inbound.text)
     peers = peers or {}
     if command.name == "ack":
@@ -125,7 +125,7 @@ async def _ack(session: AsyncSession, live: ConfigVersion, officer: OfficerConfi
     config = live.config
     ticket = await tickets.find_ticket(session, config.station.id, command.number)
     if ticket is not None:  # "收到 35" for an inquiry: say how to answer it instead
-        answer(tickets.ack_is_inquiry_text(live, ticket))
+        answer(ticket_commands.ack_is_inquiry_text(live, ticket))
         return "ack_inquiry"
     result = await acknowledge(session, live, officer, command.number, now)
     if result.outcome == "acknowledged" and result.incident is not None:
@@ -162,7 +162,7 @@ async def _resolve(session: AsyncSession, live: ConfigVersion, officer: OfficerC
         number = latest.id
     ticket = await tickets.find_ticket(session, config.station.id, number)
     if ticket is not None:  # 结 35 when 35 is an inquiry
-        return await tickets.close_command(session, live, officer, ticket, command.rest, now, answer)
+        return await ticket_commands.close_command(session, live, officer, ticket, command.rest, now, answer)
     result_text = command.rest or config.texts.resolve_default_result
     outcome = await resolve(session, live, officer.id, officer.name, number, result_text, now)
     if outcome.outcome == "resolved" and outcome.incident is not None:
@@ -185,7 +185,7 @@ async def _transfer(session: AsyncSession, live: ConfigVersion, officer: Officer
         return "transfer_unknown_officer"
     ticket = await tickets.find_ticket(session, config.station.id, command.number)
     if ticket is not None:
-        return await tickets.transfer_command(session, live, officer, ticket, target, now, answer)
+        return await ticket_commands.transfer_command(session, live, officer, ticket, target, now, answer)
     incident = await session.get(Incident, command.number)
     if incident is None or incident.station_id != config.station.id:
         answer(say(config.texts.ack_unknown_incident, {"number": command.number}))
@@ -288,7 +288,7 @@ async def _mine_text(session: AsyncSession, config: Config, officer: OfficerConf
                                or_(Incident.acknowledged_by == officer.id, Incident.acknowledged_by.is_(None)))
         .order_by(Incident.id.desc()).limit(200))).all()
     mine = [i for i in rows if i.acknowledged_by == officer.id or officer.id in (i.assigned_officers or [])]
-    inquiries = await tickets.mine_lines(session, config, officer)
+    inquiries = await ticket_commands.mine_lines(session, config, officer)
     if not mine:
         return "\n".join(["您当前没有未办结的警情。", *inquiries])
     lines = ["您未办结的警情："]

@@ -13,17 +13,16 @@ conditional UPDATE on the state it read, so a restart loses nothing and two proc
 A response that comes after the deadline records the breach too, even if no timer ran meanwhile.
 
 Everything here works in the caller's transaction except the timer job, which opens its own per ticket.
+Officers' private commands on tickets are in ``handlers/ticket_commands.py``, the SLA report in
+``handlers/sla.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
-import unicodedata
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from difflib import SequenceMatcher
 from typing import Any
 
@@ -47,11 +46,9 @@ from models.tickets import Ticket, TicketStatus
 log = logging.getLogger(__name__)
 
 BATCH = 50
-Reply = Callable[[str], None]
 _DEFAULT_SETTINGS = InquirySettings()
 _ROLES = {"duty": Role.duty, "supervisor": Role.supervisor, "antifraud": Role.antifraud,
           "general": Role.general, "public_order": Role.public_order, "community": Role.community}
-_STATUS_NAMES = {"open": "待答复", "responded": "已答复", "feedback": "已反馈", "closed": "已办结"}
 
 
 def settings_of(config: Config) -> InquirySettings:
@@ -150,7 +147,7 @@ def _to_group(session: AsyncSession, config: Config, ticket: Ticket, text: str, 
                 now=now, kind=kind, priority=PRIORITY_NORMAL, mentions=[ticket.resident_id])
 
 
-def _to_officer(session: AsyncSession, config: Config, officer: OfficerConfig, text: str, now: datetime,
+def to_officer(session: AsyncSession, config: Config, officer: OfficerConfig, text: str, now: datetime,
                 kind: str) -> None:
     enqueue(session, account=config.station.id, conversation_id=officer.wechat_id, is_room=False, text=text,
             now=now, kind=kind, priority=PRIORITY_NORMAL)
@@ -265,7 +262,7 @@ async def open_ticket(
                      f"{entry.id} ({match.score:.2f})" if entry and match else reply)
     if kb_settles:
         add_ticket_event(session, ticket, "responded", now, "kb", "knowledge-base answer")
-    _to_officer(session, config, officer, say(settings.texts.ping, context), now, "inquiry_ping")
+    to_officer(session, config, officer, say(settings.texts.ping, context), now, "inquiry_ping")
     add_ticket_event(session, ticket, "pinged", now, officer.id, reason)
     log.info("inquiry #%s opened in %s (%s, %s) for %s%s", ticket.id, ticket.group_name, detected_by,
              category, officer.id, f", answered from the knowledge base: {entry.id}" if entry else "")
@@ -425,113 +422,6 @@ async def close_ticket(session: AsyncSession, live: ConfigVersion, ticket: Ticke
     return "closed"
 
 
-# -- officers' private commands --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TicketCommand:
-    name: str  # answer, feedback
-    number: int
-    rest: str = ""
-
-
-_NUMBER = r"\s*#?(?P<number>\d{1,9})(?:\s+|\s*[:：,，]\s*|(?=\D)|$)(?P<rest>.*)$"
-_TICKET_PATTERNS = (
-    ("answer", re.compile(r"^(?:答复|回复|答)" + _NUMBER, re.DOTALL)),
-    ("feedback", re.compile(r"^(?:反馈|进展)" + _NUMBER, re.DOTALL)),
-)
-
-
-def parse_ticket_command(text: str) -> TicketCommand | None:
-    """"答 35 内容" / "答复35：内容" / "反馈 35 内容"; None for anything else (other commands, chat)."""
-    typed = text.strip()
-    folded = unicodedata.normalize("NFKC", typed)
-    for candidate in (typed, folded):
-        for name, pattern in _TICKET_PATTERNS:
-            found = pattern.match(candidate)
-            if found:
-                return TicketCommand(name, int(found.group("number")), found.group("rest").strip())
-    return None
-
-
-def not_found_text(live: ConfigVersion, number: int | None) -> str:
-    return say(settings_of(live.config).texts.not_found, {"number": number})
-
-
-async def handle_ticket_command(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig,
-                                command: TicketCommand, now: datetime, reply: Reply) -> str:
-    """答 / 反馈 from an officer in private; ``reply`` answers the officer. Returns the outcome."""
-    config = live.config
-    settings = settings_of(config)
-    ticket = await find_ticket(session, config.station.id, command.number)
-    if ticket is None:
-        reply(not_found_text(live, command.number))
-        return f"inquiry_{command.name}_not_found"
-    context = ticket_context(config, ticket, group=group_of(config, ticket))
-    if not command.rest:
-        reply(say(settings.texts.empty_text, context))
-        return f"inquiry_{command.name}_empty"
-    if command.name == "answer":
-        outcome = await answer_ticket(session, live, ticket, officer, command.rest, now)
-        template = settings.texts.answer_officer
-    else:
-        outcome = await feedback_ticket(session, live, ticket, officer, command.rest, now)
-        template = settings.texts.feedback_officer
-    reply(say(settings.texts.already_closed if outcome == "closed" else template, context))
-    return f"inquiry_{outcome}" if outcome != "closed" else f"inquiry_{command.name}_closed"
-
-
-async def close_command(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, ticket: Ticket,
-                        result_text: str, now: datetime, reply: Reply) -> str:
-    """"结 35 结果" / "处理完毕 35 结果" when 35 is an inquiry."""
-    settings = settings_of(live.config)
-    outcome = await close_ticket(session, live, ticket, officer.id, officer.name, result_text, now)
-    context = ticket_context(live.config, ticket, group=group_of(live.config, ticket), result=ticket.result)
-    template = settings.texts.closed_officer if outcome == "closed" else settings.texts.already_closed
-    reply(say(template, context))
-    return f"inquiry_{outcome}" if outcome == "closed" else "inquiry_close_already"
-
-
-async def transfer_command(session: AsyncSession, live: ConfigVersion, officer: OfficerConfig, ticket: Ticket,
-                           target: OfficerConfig, now: datetime, reply: Reply) -> str:
-    """"转 35 陈警官" when 35 is an inquiry: the new assignee is pinged; the clock does not restart (the
-    promise was made to the resident)."""
-    config = live.config
-    settings = settings_of(config)
-    if ticket.status == TicketStatus.closed:
-        reply(say(settings.texts.already_closed, ticket_context(config, ticket)))
-        return "inquiry_transfer_closed"
-    previous = ticket.assignee
-    ticket.assignee = target.id
-    ticket.assignee_reason = f"transferred by {officer.id}"
-    add_ticket_event(session, ticket, "transferred", now, officer.id, f"{previous} -> {target.id}")
-    context = ticket_context(config, ticket, group=group_of(config, ticket), officer=target, by=officer.name)
-    _to_officer(session, config, target, say(settings.texts.transfer_ping, context), now, "inquiry_ping")
-    add_ticket_event(session, ticket, "pinged", now, target.id, "transferred")
-    reply(say(settings.texts.transfer_officer, context))
-    return "inquiry_transferred"
-
-
-def ack_is_inquiry_text(live: ConfigVersion, ticket: Ticket) -> str:
-    """For "收到 35" when 35 is an inquiry: tell the officer how to answer it instead."""
-    return say(settings_of(live.config).texts.ack_is_inquiry, ticket_context(live.config, ticket))
-
-
-async def mine_lines(session: AsyncSession, config: Config, officer: OfficerConfig) -> list[str]:
-    """The officer's unclosed inquiries, for "我的"."""
-    rows = (await session.scalars(
-        select(Ticket).where(Ticket.station_id == config.station.id, Ticket.assignee == officer.id,
-                             Ticket.status != TicketStatus.closed).order_by(Ticket.id).limit(20))).all()
-    if not rows:
-        return []
-    settings = settings_of(config)
-    lines = ["您未办结的居民咨询："]
-    for ticket in rows:
-        category = settings.categories.get(ticket.category)
-        deadline = f" 截止 {local_time(config, ticket.due_at)}" if ticket.status == TicketStatus.open else ""
-        lines.append(f"#{ticket.id} {category.label if category else ticket.category} {ticket.group_name} "
-                     f"{ticket.resident_name} {_STATUS_NAMES.get(ticket.status, ticket.status)}{deadline}")
-    return lines
-
-
 # -- the clock -------------------------------------------------------------------------------------------
 @dataclass
 class TicketTick:
@@ -586,7 +476,7 @@ async def _remind(station: Station, live: ConfigVersion, ticket_id: int, now: da
         hours = int((now - ticket.created_at).total_seconds() // 3600)
         context = ticket_context(config, ticket, group=group, officer=officer, hours=hours)
         text = say(settings.texts.reminder, context)
-        _to_officer(session, config, officer, text, now, "inquiry_reminder")
+        to_officer(session, config, officer, text, now, "inquiry_reminder")
         add_ticket_event(session, ticket, "reminded", now, officer.id, f"{hours} h after the question")
         log.info("inquiry #%s: reminded %s (%s h)", ticket.id, officer.id, hours)
         return 1
@@ -618,210 +508,11 @@ async def _breach(station: Station, live: ConfigVersion, ticket_id: int, now: da
         context = ticket_context(config, ticket, group=group, officer=assignee)
         text = say(settings.texts.breach_supervisor, context)
         for officer in targets:
-            _to_officer(session, config, officer, text, now, "inquiry_breach")
+            to_officer(session, config, officer, text, now, "inquiry_breach")
         add_ticket_event(session, ticket, "escalated", now, None, ", ".join(o.id for o in targets))
         if assignee is not None and assignee not in targets:
-            _to_officer(session, config, assignee, say(settings.texts.breach_assignee, context), now,
+            to_officer(session, config, assignee, say(settings.texts.breach_assignee, context), now,
                         "inquiry_reminder")
         log.warning("inquiry #%s breached its %s h promise; escalated to %s", ticket.id, settings.sla_hours,
                     ", ".join(o.id for o in targets))
         return 1
-
-
-# -- reporting -------------------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default): p50 of [1, 2, 3, 4] is 2.5."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
-@dataclass(frozen=True)
-class BreachItem:
-    ticket_id: int
-    group_name: str
-    resident_name: str
-    assignee: str
-    assignee_name: str
-    text: str
-    created_at: datetime
-    due_at: datetime
-    responded_at: datetime | None
-
-
-@dataclass
-class SlaLine:
-    key: str
-    label: str
-    inquiries: int = 0
-    responded: int = 0
-    closed: int = 0
-    kb_answered: int = 0
-    response_seconds: list[float] = field(default_factory=list)
-    result_seconds: list[float] = field(default_factory=list)
-    breaches: list[int] = field(default_factory=list)
-
-    @property
-    def unanswered(self) -> int:
-        return self.inquiries - self.responded
-
-    @property
-    def response_median(self) -> float | None:
-        return percentile(self.response_seconds, 50)
-
-    @property
-    def response_p95(self) -> float | None:
-        return percentile(self.response_seconds, 95)
-
-    @property
-    def result_median(self) -> float | None:
-        return percentile(self.result_seconds, 50)
-
-    @property
-    def result_p95(self) -> float | None:
-        return percentile(self.result_seconds, 95)
-
-    def add(self, ticket: Ticket, breached: bool) -> None:
-        self.inquiries += 1
-        if ticket.kb_entry:
-            self.kb_answered += 1
-        if ticket.responded_at is not None:
-            self.responded += 1
-            self.response_seconds.append((ticket.responded_at - ticket.created_at).total_seconds())
-        if ticket.closed_at is not None:
-            self.closed += 1
-            self.result_seconds.append((ticket.closed_at - ticket.created_at).total_seconds())
-        if breached:
-            self.breaches.append(ticket.id)
-
-
-@dataclass
-class SlaReport:
-    station_id: str
-    station_name: str
-    since: datetime
-    until: datetime
-    now: datetime
-    sla: timedelta
-    timezone: str
-    total: SlaLine
-    groups: list[SlaLine]
-    officers: list[SlaLine]
-    breaches: list[BreachItem]
-
-
-def is_breached(ticket: Ticket, now: datetime) -> bool:
-    """No first response by the deadline: answered late, or still unanswered past it (as of ``now``)."""
-    if ticket.breached:
-        return True
-    return (ticket.responded_at or now) > ticket.due_at
-
-
-async def sla_report(session: AsyncSession, config: Config, *, since: datetime, until: datetime,
-                     now: datetime, station_id: str | None = None) -> SlaReport:
-    """Inquiries asked in [since, until): per group and per assignee, how many, how fast the first response
-    (median, p95), how fast the result, and which broke the promise (judged as of ``now``)."""
-    station_id = station_id or config.station.id
-    tickets = (await session.scalars(
-        select(Ticket).where(Ticket.station_id == station_id, Ticket.created_at >= since,
-                             Ticket.created_at < until)
-        .order_by(Ticket.id))).all()
-    total = SlaLine("all", "合计")
-    groups: dict[str, SlaLine] = {}
-    officers: dict[str, SlaLine] = {}
-    breaches: list[BreachItem] = []
-    for ticket in tickets:
-        breached = is_breached(ticket, now)
-        total.add(ticket, breached)
-        group_key = ticket.group_id or ticket.room_id or ""
-        groups.setdefault(group_key, SlaLine(group_key, ticket.group_name or group_key)).add(ticket, breached)
-        officer = config.officer(ticket.assignee)
-        officer_name = officer.name if officer else ticket.assignee
-        officers.setdefault(ticket.assignee, SlaLine(ticket.assignee, officer_name)).add(ticket, breached)
-        if breached:
-            breaches.append(BreachItem(ticket.id, ticket.group_name, ticket.resident_name, ticket.assignee,
-                                       officer_name, ticket.text, ticket.created_at, ticket.due_at,
-                                       ticket.responded_at))
-    name = config.station.name if station_id == config.station.id else station_id
-    return SlaReport(station_id, name, since, until, now, settings_of(config).sla, config.timezone, total,
-                     sorted(groups.values(), key=lambda line: line.label),
-                     sorted(officers.values(), key=lambda line: line.label), breaches)
-
-
-async def load_sla_report(config: Config, *, since: datetime, until: datetime, now: datetime,
-                          station_id: str | None = None, database_url: str | None = None) -> SlaReport:
-    """Open the config's database (or ``database_url``) and build the report; for ``main.py sla``.
-
-    Raises ``models.migrate.SchemaOutdated`` for a database behind the code (``main.py db upgrade`` first);
-    a fresh one gets the schema through the migrations, as the bot would at start, and reports nothing."""
-    from models.db import Database
-    from models.migrate import ensure_current
-
-    database = Database(database_url or config.database.url)
-    try:
-        await ensure_current(database)
-        async with database.session() as session:
-            return await sla_report(session, config, since=since, until=until, now=now, station_id=station_id)
-    finally:
-        await database.close()
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    minutes = round(seconds / 60)
-    days, minutes = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(minutes, 60)
-    if days:
-        return f"{days}天{hours}小时" if hours else f"{days}天"
-    if hours:
-        return f"{hours}小时{minutes}分" if minutes else f"{hours}小时"
-    return f"{minutes}分"
-
-
-def _line_text(line: SlaLine) -> str:
-    numbers = " ".join(f"#{n}" for n in line.breaches)
-    breaches = f"超时 {len(line.breaches)}" + (f"（{numbers}）" if numbers else "")
-    return (f"咨询 {line.inquiries}，已答复 {line.responded}，未答复 {line.unanswered}，已办结 {line.closed}，"
-            f"公号自动答复 {line.kb_answered}；首次答复 中位 {format_duration(line.response_median)} / "
-            f"P95 {format_duration(line.response_p95)}；办结 中位 {format_duration(line.result_median)} / "
-            f"P95 {format_duration(line.result_p95)}；{breaches}")
-
-
-def format_sla_report(report: SlaReport) -> str:
-    """The text ``main.py sla`` prints (Chinese: it is read by the station's leadership)."""
-    from zoneinfo import ZoneInfo
-
-    zone = ZoneInfo(report.timezone)
-
-    def when(at: datetime) -> str:
-        return at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-
-    hours = report.sla.total_seconds() / 3600
-    lines = [
-        f"居民咨询答复时效 {report.station_name}（{report.station_id}）",
-        f"统计区间 {when(report.since)} — {when(report.until)}，承诺时限 {hours:g} 小时，统计时间 {when(report.now)}",
-        "",
-        f"合计：{_line_text(report.total)}",
-    ]
-    if report.total.inquiries == 0:
-        lines.append("（区间内没有居民咨询）")
-        return "\n".join(lines)
-    lines += ["", "按群："]
-    lines += [f"  {line.label}：{_line_text(line)}" for line in report.groups]
-    lines += ["", "按负责民警："]
-    lines += [f"  {line.label}：{_line_text(line)}" for line in report.officers]
-    lines += ["", f"超时明细（{len(report.breaches)} 件）：" if report.breaches else "超时明细：无"]
-    for item in report.breaches:
-        if item.responded_at is None:
-            answered = f"至今未答复（已超时 {format_duration((report.now - item.due_at).total_seconds())}）"
-        else:
-            answered = (f"{when(item.responded_at)} 答复（晚 "
-                        f"{format_duration((item.responded_at - item.due_at).total_seconds())}）")
-        text = item.text if len(item.text) <= 40 else item.text[:40] + "…"
-        lines.append(f"  #{item.ticket_id} {item.group_name} {item.resident_name} {when(item.created_at)} 提问，"
-                     f"{answered}，负责 {item.assignee_name}：{text}")
-    return "\n".join(lines)

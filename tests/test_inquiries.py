@@ -14,7 +14,7 @@ from handlers import knowledge
 from handlers.inquiries import detect
 from handlers.knowledge import KnowledgeError, knowledge_for, load_knowledge, parse_knowledge
 from handlers.routing import Router
-from handlers.tickets import TicketCommand, parse_ticket_command
+from handlers.ticket_commands import TicketCommand, parse_ticket_command
 from tests.conftest import ROOT
 
 SETTINGS = InquirySettings()

@@ -22,7 +22,7 @@ import models.tickets  # noqa: F401  (the tables: create_schema sees every impor
 from bot.config.inquiry_schema import InquirySettings
 from bot.config.loader import parse_config
 from bot.config.schema import Config, OfficerConfig
-from handlers import inquiries, tickets
+from handlers import inquiries, sla, ticket_commands, tickets
 from handlers.inbound import Inbound
 from handlers.incidents import report
 from handlers.runtime import ConfigVersion, Station
@@ -103,14 +103,16 @@ async def command(station: Station, clock: FakeClock, officer: OfficerConfig, te
     live = station.current
     replies: list[str] = []
     async with station.db.session() as session, session.begin():
-        parsed = tickets.parse_ticket_command(text)
+        parsed = ticket_commands.parse_ticket_command(text)
         if parsed is not None:
-            outcome = await tickets.handle_ticket_command(session, live, officer, parsed, clock(), replies.append)
+            outcome = await ticket_commands.handle_ticket_command(session, live, officer, parsed, clock(),
+                                                                  replies.append)
         else:  # 结 N 结果
             _, number, result = text.split(" ", 2) + [""] * (3 - len(text.split(" ", 2)))
             ticket = await tickets.find_ticket(session, live.config.station.id, int(number))
             assert ticket is not None
-            outcome = await tickets.close_command(session, live, officer, ticket, result, clock(), replies.append)
+            outcome = await ticket_commands.close_command(session, live, officer, ticket, result, clock(),
+                                                          replies.append)
     return outcome, replies
 
 
@@ -330,10 +332,10 @@ async def test_transfer_and_ack_redirect(database: Database, clock: FakeClock) -
     async with database.session() as session, session.begin():
         found = await tickets.find_ticket(session, "huamu", ticket.id)
         assert found is not None
-        assert await tickets.transfer_command(session, station.current, GENERAL, found, chen, clock(),
+        assert await ticket_commands.transfer_command(session, station.current, GENERAL, found, chen, clock(),
                                               replies.append) == "inquiry_transferred"
-        assert "不需要“收到”" in tickets.ack_is_inquiry_text(station.current, found)
-        lines = await tickets.mine_lines(session, CONFIG, chen)
+        assert "不需要“收到”" in ticket_commands.ack_is_inquiry_text(station.current, found)
+        lines = await ticket_commands.mine_lines(session, CONFIG, chen)
     assert replies == [f"咨询 #{ticket.id} 已转给陈警官。"]
     assert lines[0] == "您未办结的居民咨询：" and f"#{ticket.id}" in lines[1] and "待答复" in lines[1]
     transfer = [p for p in await outbox(database, "inquiry_ping") if p.conversation_id == chen.wechat_id]
@@ -521,7 +523,7 @@ async def test_sla_report_on_a_known_set(database: Database, clock: FakeClock) -
             await command(station, clock, officer, f"结 {numbers[index]} 已修好")
     clock.current = start + timedelta(days=2)
     async with database.session() as session:
-        result = await tickets.sla_report(session, CONFIG, since=start - timedelta(days=1), until=clock.current,
+        result = await sla.sla_report(session, CONFIG, since=start - timedelta(days=1), until=clock.current,
                                           now=clock.current)
     assert (result.total.inquiries, result.total.responded, result.total.closed) == (5, 4, 1)
     # responses in hours: 1, 2, 3, 30 -> median 2.5 h; p95 = 3 + 0.85 * 27 = 25.95 h
@@ -537,7 +539,7 @@ async def test_sla_report_on_a_known_set(database: Database, clock: FakeClock) -
     assert set(officers) == {"wang", "chen"} and officers["wang"].inquiries == 4
     assert [b.ticket_id for b in result.breaches] == [numbers[2], numbers[3]]
     assert result.breaches[1].responded_at is None
-    text = tickets.format_sla_report(result)
+    text = sla.format_sla_report(result)
     for expected in ("居民咨询答复时效 花木派出所（huamu）", "承诺时限 24 小时", "咨询 5，已答复 4，未答复 1，已办结 1",
                      "首次答复 中位 2小时30分 / P95 1天1小时", "锦绣小区平安群：咨询 4", "王警官：咨询 4",
                      f"超时 2（#{numbers[2]} #{numbers[3]}）", "超时明细（2 件）",
@@ -545,17 +547,17 @@ async def test_sla_report_on_a_known_set(database: Database, clock: FakeClock) -
         assert expected in text, expected
     # a window that excludes them all
     async with database.session() as session:
-        empty = await tickets.sla_report(session, CONFIG, since=start + timedelta(days=1), until=clock.current,
+        empty = await sla.sla_report(session, CONFIG, since=start + timedelta(days=1), until=clock.current,
                                          now=clock.current)
-    assert empty.total.inquiries == 0 and "区间内没有居民咨询" in tickets.format_sla_report(empty)
+    assert empty.total.inquiries == 0 and "区间内没有居民咨询" in sla.format_sla_report(empty)
 
 
 def test_percentiles_and_durations() -> None:
-    assert tickets.percentile([], 50) is None
-    assert tickets.percentile([5], 95) == 5
-    assert tickets.percentile([1, 2, 3, 4], 50) == 2.5
-    assert tickets.percentile([10, 0, 20], 95) == pytest.approx(19)
-    assert [tickets.format_duration(s) for s in (None, 59, 3600, 5400, 86400, 90000)] == [
+    assert sla.percentile([], 50) is None
+    assert sla.percentile([5], 95) == 5
+    assert sla.percentile([1, 2, 3, 4], 50) == 2.5
+    assert sla.percentile([10, 0, 20], 95) == pytest.approx(19)
+    assert [sla.format_duration(s) for s in (None, 59, 3600, 5400, 86400, 90000)] == [
         "—", "1分", "1小时", "1小时30分", "1天", "1天1小时"]
 
 
@@ -567,9 +569,9 @@ async def test_sla_report_from_the_config_database(tmp_path: Any, clock: FakeClo
     await stale.create_schema()  # tables but no migration stamp: not something to report from
     await stale.close()
     with pytest.raises(SchemaOutdated):
-        await tickets.load_sla_report(CONFIG, since=clock(), until=clock() + timedelta(hours=1), now=clock(),
+        await sla.load_sla_report(CONFIG, since=clock(), until=clock() + timedelta(hours=1), now=clock(),
                                       database_url=f"sqlite+aiosqlite:///{tmp_path / 'stale.db'}")
-    fresh = await tickets.load_sla_report(CONFIG, since=clock(), until=clock() + timedelta(hours=1), now=clock(),
+    fresh = await sla.load_sla_report(CONFIG, since=clock(), until=clock() + timedelta(hours=1), now=clock(),
                                           database_url=f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}")
     assert fresh.total.inquiries == 0  # a fresh database gets the schema, as the bot would give it
     url = f"sqlite+aiosqlite:///{tmp_path / 'sla.db'}"
@@ -578,7 +580,7 @@ async def test_sla_report_from_the_config_database(tmp_path: Any, clock: FakeClo
     station = make_station(database, clock)
     await ask(station, clock, "请问派出所几点上班？")
     await database.close()
-    result = await tickets.load_sla_report(CONFIG, since=clock() - timedelta(hours=1), until=clock() + timedelta(
+    result = await sla.load_sla_report(CONFIG, since=clock() - timedelta(hours=1), until=clock() + timedelta(
         hours=1), now=clock() + timedelta(hours=25), database_url=url)
     assert result.total.inquiries == 1 and len(result.breaches) == 1
     again = Database(url)
