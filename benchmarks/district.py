@@ -645,12 +645,18 @@ class Bench:
         """The highest steady rate the bot keeps up with: a probe of ``--probe-seconds`` at a rate is kept up
         when the bot has handled everything within max(0.5 s, 10% of the probe) after the last emit (a bot
         falling behind builds a backlog that takes longer); x1.6 up while kept up, /1.6 down while not, then
-        geometric bisection to within 12%. The result is the offered rate of the best probe kept up with."""
+        geometric bisection to within 12%. The result is the offered rate of the best probe kept up with.
+
+        A probe that falls behind is tried again at the same rate (``--retry-behind`` times, within the probe
+        budget) and counts as behind only if every try was: python-wechaty's task per event collapses at a
+        rate it keeps up with at other times, so one try put the bare bot's ceiling 10-20% lower in some runs
+        than in others on the same machine. Both bots are searched the same way."""
         a = self.args
         probes: list[dict[str, Any]] = []
         good: dict[str, Any] | None = None
         bad: dict[str, Any] | None = None
         rate = start
+        tries_at_rate = 0
         for index in range(a.search_probes):
             result = await probe(f"{name}-s{index}", rate)
             offered = result["offered_rate"]
@@ -664,13 +670,17 @@ class Bench:
                 + (" (the sandbox could not offer the rate)" if result["sandbox_limited"] else "")
                 + (f"; report->reply p99 {ms(result['latency']['p99'])} ms" if "latency" in result else "")
             )
+            if result["sandbox_limited"]:
+                break
+            if not result["kept_up"] and tries_at_rate < a.retry_behind:
+                tries_at_rate += 1  # the same rate again; the last try is the one judged
+                continue
+            tries_at_rate = 0
             if result["kept_up"]:
                 if good is None or offered > good["offered_rate"]:
                     good = result
             elif bad is None or offered < bad["offered_rate"]:
                 bad = result
-            if result["sandbox_limited"]:
-                break
             if good and bad:
                 if bad["offered_rate"] <= 1.12 * good["offered_rate"]:
                     break
@@ -1134,6 +1144,8 @@ def main() -> int:
     parser.add_argument(
         "--probe-seconds", type=float, default=5, help="length of each probe of the rate search"
     )
+    parser.add_argument("--retry-behind", type=int, default=1,
+                        help="try a probe that fell behind this many more times before judging it behind")
     parser.add_argument("--search-probes", type=int, default=8, help="at most this many probes per search")
     parser.add_argument("--search-start", type=float, default=200, help="first probe of the bare bot, msg/s")
     parser.add_argument(
