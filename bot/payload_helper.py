@@ -34,6 +34,8 @@ TOKEN_ENV = "GONGHAO_HELPER_TOKEN"
 CALL_TIMEOUT_SECONDS = 10.0  # one MessagePayload call in the helper
 ANSWER_TIMEOUT_SECONDS = 30.0  # a load the helper has not answered in this long: the helper is hung
 RESTART_AFTER_SECONDS = 5.0
+RESTART_CAP_SECONDS = 300.0  # a helper that keeps dying at once is tried ever less often, down to this
+LIVED_LONG_SECONDS = 60.0  # a helper that ran this long before it died starts the backoff over
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WATCH_EVERY_SECONDS = 1.0
 STOP_GRACE_SECONDS = 1.0
@@ -124,9 +126,15 @@ class PayloadHelper:
         self._stopping = False
         self.answer_timeout = ANSWER_TIMEOUT_SECONDS
         self.restart_after = RESTART_AFTER_SECONDS
+        self.quick_deaths = 0  # helpers in a row that died within LIVED_LONG_SECONDS of their start
         self.starts = 0
         self.answered = 0  # loads the helper answered
         self.failed = 0  # loads it could not answer (made in the bot's process instead)
+
+    @property
+    def restart_delay(self) -> float:
+        """How long after a start the next may come: doubled for each helper in a row that died soon."""
+        return min(self.restart_after * 2 ** self.quick_deaths, max(RESTART_CAP_SECONDS, self.restart_after))
 
     @property
     def running(self) -> bool:
@@ -141,7 +149,7 @@ class PayloadHelper:
         if self.running or self._starting is not None or self._stopping:
             return
         now = time.monotonic()
-        if self._started_at is not None and now - self._started_at < self.restart_after:
+        if self._started_at is not None and now - self._started_at < self.restart_delay:
             return
         self._started_at = now
         self._starting = asyncio.create_task(self._start(), name="payload-helper-start")
@@ -213,7 +221,10 @@ class PayloadHelper:
         if pipe is not self._pipe:  # a helper already replaced or stopped
             return
         code = pipe.transport.get_returncode() if pipe.transport is not None else None
-        log.warning("payload helper exited (code %s); loading in the bot's process meanwhile", code)
+        lived = time.monotonic() - (self._started_at or 0.0)
+        self.quick_deaths = 0 if lived > LIVED_LONG_SECONDS else self.quick_deaths + 1
+        log.warning("payload helper exited (code %s) after %.0f s; loading in the bot's process, a new helper in "
+                    "%.0f s at the earliest", code, lived, self.restart_delay)
         self._pipe = None
         self._fail_all("the payload helper exited")
 
@@ -276,7 +287,8 @@ async def _serve(endpoint: str, token: str) -> None:
             reply = [number, None, [r.id, r.text, r.timestamp, int(r.type), r.from_id, r.room_id, r.to_id,
                                     list(r.mention_ids)]]
         except Exception as exc:  # the bot loads this one itself, and sees the error there if it persists
-            reply = [number, f"{type(exc).__name__}: {exc}", None]
+            error = f"{type(exc).__name__}: {exc}"
+            reply = [number, error.replace(token, "***") if token else error, None]
         if not answers:
             loop.call_soon(flush)
         answers.append(json.dumps(reply, ensure_ascii=False).encode() + b"\n")

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.connection import Connection, _wire_kind
-from bot.payload_helper import PayloadHelper
+from bot.payload_helper import HelperUnavailable, PayloadHelper
 from tests.conftest import JINXIU, WANG, Env, with_payload_helper, write_config
 from tests.test_fault_processes import START_TIMEOUT, TOKEN, Child, bot_says, say, start_sandbox
 
@@ -218,3 +218,30 @@ async def test_the_helper_does_not_outlive_a_killed_bot(tmp_path: Path, default_
     finally:
         for child in children:
             await child.stop()
+
+
+async def test_a_helper_that_dies_at_start_is_tried_ever_less_often(env: Env) -> None:
+    """A helper that cannot even start (here: an endpoint it cannot parse) exits at once, again and again:
+    each restart waits twice as long as the last, and every message is loaded in the bot's process."""
+    helper = await running_helper(env)
+    helper.endpoint = "no-port-here"
+    helper.restart_after = 0.001
+    assert helper.pid is not None
+    os.kill(helper.pid, signal.SIGKILL)
+    await until(lambda: not helper.running)
+    for number in range(3):  # each load while none runs may start one; each of those dies at once
+        deaths = helper.quick_deaths
+        message_id = await env.sandbox.say("wxid_res_03", f"今晚吃火锅吗 {number}", room=JINXIU)
+        assert await env.outcome_of(message_id) == "quiet"
+        await until(lambda: helper.quick_deaths > deaths and not helper.running)  # noqa: B023
+    assert helper.quick_deaths >= 4 and helper.restart_delay == 0.001 * 2 ** helper.quick_deaths
+    assert connection(env).helper_fallbacks >= 3
+
+
+async def test_the_helper_keeps_the_token_out_of_the_errors_it_reports(env: Env) -> None:
+    """The bot logs why a helper load failed; a service error that quotes the token must not carry it there."""
+    helper = await running_helper(env)
+    with pytest.raises(HelperUnavailable) as raised:  # the sandbox answers "unknown message '<the id>'"
+        await helper.load(env.sandbox.token)
+    assert "NOT_FOUND" in str(raised.value) and "***" in str(raised.value)
+    assert env.sandbox.token not in str(raised.value)
