@@ -435,12 +435,13 @@ class AccountsBench:
             config = {
                 **account.config,
                 "puppet": {"endpoint": account.endpoint, "token_env": account.token_env},
+                "intake": {**account.config.get("intake", {}), "payload_helper": self.args.payload_helper},
             }
             account.config_path = district_world.write_config(config, account.directory, self.database_url)
         path = self.run_dir / "district.yaml"
         district = {
             "district": {"id": "bench", "name": "基准分局"},
-            "database": {"url": self.database_url},
+            "database": {"url": self.database_url, "sqlite_sync": self.args.sqlite_sync},
             "stations": [
                 str(acc.config_path.relative_to(self.run_dir)) for acc in self.accounts if acc.config_path
             ],
