@@ -127,6 +127,7 @@ class PayloadHelper:
         self.answer_timeout = ANSWER_TIMEOUT_SECONDS
         self.restart_after = RESTART_AFTER_SECONDS
         self.quick_deaths = 0  # helpers in a row that died within LIVED_LONG_SECONDS of their start
+        self.changed = asyncio.Event()  # set whenever a helper starts or ends (for those watching it)
         self.starts = 0
         self.answered = 0  # loads the helper answered
         self.failed = 0  # loads it could not answer (made in the bot's process instead)
@@ -167,6 +168,7 @@ class PayloadHelper:
             )
         except OSError as exc:
             log.warning("could not start the payload helper: %s", exc)
+            self.changed.set()
             return
         finally:
             self._starting = None
@@ -176,7 +178,10 @@ class PayloadHelper:
             return
         self._pipe = pipe
         self.starts += 1
+        self.changed.set()
         log.info("payload helper started (pid %s)", self.pid)
+        if pipe.exited.done():  # it ended before it was ours: its exit was not counted then
+            self._exited(pipe)
         if self._watchdog is None:
             self._watchdog = asyncio.create_task(self._watch(), name="payload-helper-watch")
 
@@ -223,6 +228,7 @@ class PayloadHelper:
         code = pipe.transport.get_returncode() if pipe.transport is not None else None
         lived = time.monotonic() - (self._started_at or 0.0)
         self.quick_deaths = 0 if lived > LIVED_LONG_SECONDS else self.quick_deaths + 1
+        self.changed.set()
         log.warning("payload helper exited (code %s) after %.0f s; loading in the bot's process, a new helper in "
                     "%.0f s at the earliest", code, lived, self.restart_delay)
         self._pipe = None
@@ -257,6 +263,7 @@ class PayloadHelper:
         self._fail_all("the payload helper was stopped")
         if pipe is not None:
             await pipe.end(STOP_GRACE_SECONDS)
+        self.changed.set()
 
 
 # -- the helper's side -----------------------------------------------------------------------------------

@@ -19,13 +19,16 @@ from tests.conftest import JINXIU, WANG, Env, with_payload_helper, write_config
 from tests.test_fault_processes import START_TIMEOUT, TOKEN, Child, bot_says, say, start_sandbox
 
 
-async def until(condition: Callable[[], bool], timeout: float = 15) -> None:
-    """Wait for ``condition`` (polled on the loop: a child process's state has no event to wait on)."""
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
+async def until(helper: PayloadHelper, condition: Callable[[], bool], timeout: float = 15) -> None:
+    """Wait until ``condition`` holds, looking again each time a helper starts or ends."""
+    async def watch() -> None:
+        while True:
+            helper.changed.clear()
+            if condition():
+                return
+            await helper.changed.wait()
 
-    await asyncio.wait_for(poll(), timeout)
+    await asyncio.wait_for(watch(), timeout)
 
 
 @pytest.fixture
@@ -40,12 +43,11 @@ def connection(env: Env) -> Connection:
 
 async def running_helper(env: Env) -> PayloadHelper:
     """The bot's helper, started and answering (the first load starts it; loads go in-process meanwhile)."""
-    assert env.app.connection is not None
-    await env.sandbox.say("wxid_res_02", "早上好", room=JINXIU)
-    await until(lambda: env.app.connection.payload_helper is not None  # type: ignore[union-attr]
-                and env.app.connection.payload_helper.running)  # type: ignore[union-attr]
-    helper = env.app.connection.payload_helper  # type: ignore[union-attr]
+    message_id = await env.sandbox.say("wxid_res_02", "早上好", room=JINXIU)
+    await env.outcome_of(message_id)  # handled: its load created the helper and started it
+    helper = connection(env).payload_helper
     assert helper is not None
+    await until(helper, lambda: helper.running)
     return helper
 
 
@@ -81,7 +83,7 @@ async def test_health_and_metrics_show_the_helper(env: Env) -> None:
         helper.restart_after = 3600.0
         assert helper.pid is not None
         os.kill(helper.pid, signal.SIGKILL)
-        await until(lambda: not helper.running)
+        await until(helper, lambda: not helper.running)
         async with http.get("/healthz") as response:
             assert (await response.json())["payload_helper"] == "down"
 
@@ -109,14 +111,14 @@ async def test_a_killed_helper_loses_nothing_and_is_started_again(env: Env) -> N
     first_pid = helper.pid
     assert first_pid is not None
     os.kill(first_pid, signal.SIGKILL)
-    await until(lambda: not helper.running)
+    await until(helper, lambda: not helper.running)
     fallbacks = connection(env).helper_fallbacks
     start = env.sandbox.log.last_seq
     message_id = await env.sandbox.say("wxid_res_01", "楼道着火了", room=JINXIU)
     assert await env.outcome_of(message_id) == "incident:fire"
     assert connection(env).helper_fallbacks > fallbacks  # loaded in the bot's process
     await env.bot_says(JINXIU, start, "119")
-    await until(lambda: helper.running)  # that load asked for a new helper
+    await until(helper, lambda: helper.running)  # that load asked for a new helper
     assert helper.pid != first_pid and helper.starts == 2
     answered, fallbacks = helper.answered, connection(env).helper_fallbacks
     message_id = await env.sandbox.say("wxid_res_03", "今晚吃火锅吗", room=JINXIU)
@@ -144,9 +146,9 @@ async def test_a_helper_that_cannot_reach_the_service_hands_loads_back(env: Env)
     helper.restart_after = 0.0
     assert helper.pid is not None
     os.kill(helper.pid, signal.SIGKILL)
-    await until(lambda: not helper.running)
+    await until(helper, lambda: not helper.running)
     await env.sandbox.say("wxid_res_02", "早", room=JINXIU)  # loaded in-process; starts the new helper
-    await until(lambda: helper.running)
+    await until(helper, lambda: helper.running)
     failed = helper.failed
     message_id = await env.sandbox.say("wxid_res_01", "楼道着火了", room=JINXIU)
     assert await env.outcome_of(message_id) == "incident:fire"
@@ -228,12 +230,12 @@ async def test_a_helper_that_dies_at_start_is_tried_ever_less_often(env: Env) ->
     helper.restart_after = 0.001
     assert helper.pid is not None
     os.kill(helper.pid, signal.SIGKILL)
-    await until(lambda: not helper.running)
+    await until(helper, lambda: not helper.running)
     for number in range(3):  # each load while none runs may start one; each of those dies at once
         deaths = helper.quick_deaths
         message_id = await env.sandbox.say("wxid_res_03", f"今晚吃火锅吗 {number}", room=JINXIU)
         assert await env.outcome_of(message_id) == "quiet"
-        await until(lambda: helper.quick_deaths > deaths and not helper.running)  # noqa: B023
+        await until(helper, lambda: helper.quick_deaths > deaths and not helper.running)  # noqa: B023
     assert helper.quick_deaths >= 4 and helper.restart_delay == 0.001 * 2 ** helper.quick_deaths
     assert connection(env).helper_fallbacks >= 3
 
