@@ -274,7 +274,7 @@ async def _serve(endpoint: str, token: str) -> None:
     host, _, port = endpoint.rpartition(":")
     channel = Channel(host=host, port=int(port))
     channel._authority = token  # how python-wechaty's PuppetService presents the token
-    stub = PuppetStub(channel)
+    stub = PuppetStub(channel, timeout=CALL_TIMEOUT_SECONDS)  # grpclib's own deadline: no task per call
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -290,7 +290,7 @@ async def _serve(endpoint: str, token: str) -> None:
     async def answer(number: int, message_id: str) -> None:
         reply: list[Any]
         try:
-            r = await asyncio.wait_for(stub.message_payload(id=message_id), CALL_TIMEOUT_SECONDS)
+            r = await stub.message_payload(id=message_id)
             reply = [number, None, [r.id, r.text, r.timestamp, int(r.type), r.from_id, r.room_id, r.to_id,
                                     list(r.mention_ids)]]
         except Exception as exc:  # the bot loads this one itself, and sees the error there if it persists
