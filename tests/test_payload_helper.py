@@ -12,9 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
 from bot.connection import Connection, _wire_kind
 from bot.payload_helper import HelperUnavailable, PayloadHelper
+from models.tables import InboundMessage
 from tests.conftest import JINXIU, WANG, Env, with_payload_helper, write_config
 from tests.test_fault_processes import START_TIMEOUT, TOKEN, Child, bot_says, say, start_sandbox
 
@@ -86,6 +88,25 @@ async def test_health_and_metrics_show_the_helper(env: Env) -> None:
         await until(helper, lambda: not helper.running)
         async with http.get("/healthz") as response:
             assert (await response.json())["payload_helper"] == "down"
+
+
+async def test_hostile_texts_cross_the_helpers_pipe_intact(env: Env) -> None:
+    """One line of JSON per payload: newlines, control characters, emoji and 100 KB of text must neither
+    break the framing nor change the text."""
+    helper = await running_helper(env)
+    answered, fallbacks = helper.answered, connection(env).helper_fallbacks
+    texts = ["第一行\n第二行\r\n\"引号\" \\ 楼道着火了", "\x07\x1b[31m楼道\u202e着火\ufeff了 🔥🧯", "火" * 100_000]
+    outcomes = []
+    for number, text in enumerate(texts):
+        message_id = await env.sandbox.say(f"wxid_res_0{number + 1}", text, room=JINXIU)
+        outcomes.append(await env.outcome_of(message_id))
+    assert outcomes[0] == "incident:fire" and outcomes[1] == "incident:joined:fire"  # the same fire, joined
+    assert outcomes[2] not in ("error", "duplicate", "duplicate_text")
+    assert helper.answered >= answered + 3 and connection(env).helper_fallbacks == fallbacks
+    assert env.app.station is not None
+    async with env.app.station.db.session() as session:
+        stored = (await session.scalars(select(InboundMessage.text).where(InboundMessage.text.in_(texts)))).all()
+    assert sorted(stored) == sorted(texts)
 
 
 async def test_the_token_is_not_on_the_helpers_command_line(env: Env) -> None:
