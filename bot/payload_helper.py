@@ -9,7 +9,8 @@ loop then does a fraction of the work per message, and the other CPU core does t
 
 Nothing depends on the helper: a load it cannot answer (it is starting, died, hung, or its call failed) is
 made in the bot's own process instead, through python-wechaty, as without a helper. A helper that dies is
-started again on a later load, no sooner than ``RESTART_AFTER_SECONDS`` after its last start.
+started again on a later load, no sooner than ``RESTART_AFTER_SECONDS`` after its last start, a wait that
+doubles for each helper in a row that died soon after starting.
 
 Run as ``python -m bot.payload_helper HOST:PORT`` with the token in ``GONGHAO_HELPER_TOKEN`` (never on the
 command line, where ``ps`` would show it). This side imports only grpclib and the generated stubs.
@@ -283,9 +284,13 @@ async def _serve(endpoint: str, token: str) -> None:
     calls: set[asyncio.Task[None]] = set()
 
     def flush() -> None:
-        out.write(b"".join(answers))
-        out.flush()
+        data = b"".join(answers)
         answers.clear()
+        try:
+            out.write(data)
+            out.flush()
+        except BrokenPipeError:  # the bot is gone; our input ends too, and we exit without a traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
 
     async def answer(number: int, message_id: str) -> None:
         reply: list[Any]

@@ -236,8 +236,9 @@ async def test_the_helper_does_not_outlive_a_killed_bot(tmp_path: Path, default_
             await say(http, "wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
             assert "119" in (await bot_says(http, JINXIU, "119"))["text"]
         helper_pid = int(started.group(1))
-        assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
-        await process_exit(helper_pid, START_TIMEOUT)
+        assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL  # returns once the output ends: the helper
+        await process_exit(helper_pid, START_TIMEOUT)                # held the bot's stderr until it exited
+        assert "Traceback" not in bot.output and "payload helper: " not in bot.output  # it exited quietly
     finally:
         for child in children:
             await child.stop()
