@@ -95,8 +95,10 @@ class UrgentFirst:
 
     Under load the intake always has a batch ready, and on SQLite the process has one connection: the
     sender's claim and record would each queue behind a batch, and a reply waited seconds. The sender holds
-    :meth:`sending` around an urgent row; the intake calls :meth:`wait_turn` before each batch. Broadcast
-    copies do not take this lane, so a long broadcast never starves the intake."""
+    :meth:`sending` around an urgent round's claim and again around its record, not across its sends: rounds
+    overlap (``bot/sender.py``), and held across their gRPC round trips the lane would keep the intake waiting
+    most of the time under load. The intake calls :meth:`wait_turn` before each batch. Broadcast copies do not
+    take this lane, so a long broadcast never starves the intake."""
 
     def __init__(self) -> None:
         self._sending = 0

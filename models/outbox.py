@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, NotRequired, TypedDict, Unpack
 
@@ -88,6 +89,7 @@ _NEXT_PENDING = (
     .order_by(OutboxMessage.priority, OutboxMessage.id)
     .limit(bindparam("limit"))
 )
+_NEXT_PENDING_ELSEWHERE = _NEXT_PENDING.where(OutboxMessage.conversation_id.not_in(bindparam("busy", expanding=True)))
 _CLAIM_MANY = (
     update(_OUTBOX)
     .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)), _OUTBOX.c.status == OutboxStatus.pending)
@@ -113,9 +115,15 @@ def _mark_many_sent(rows: int) -> Any:
     return _MARK_MANY_SENT[rows]
 
 
-async def next_pending(session: AsyncSession, account: str, now: datetime, limit: int = 20) -> list[OutboxMessage]:
-    """Pending rows in send order: urgent first, then oldest; rows waiting out a retry backoff are skipped."""
-    rows = (await session.scalars(_NEXT_PENDING, {"account": account, "limit": limit})).all()
+async def next_pending(session: AsyncSession, account: str, now: datetime, limit: int = 20,
+                       busy: Collection[str] = ()) -> list[OutboxMessage]:
+    """Pending rows in send order: urgent first, then oldest; rows waiting out a retry backoff are skipped, and
+    so are the ``busy`` conversations (a send to each is in flight)."""
+    if busy:
+        rows = (await session.scalars(_NEXT_PENDING_ELSEWHERE, {"account": account, "limit": limit,
+                                                                "busy": list(busy)})).all()
+    else:
+        rows = (await session.scalars(_NEXT_PENDING, {"account": account, "limit": limit})).all()
     return [row for row in rows if row.not_before is None or row.not_before <= now]
 
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -352,6 +353,93 @@ async def test_sends_to_other_conversations_do_not_wait_behind_a_slow_one(databa
     assert transport.started.index("请处理1") < transport.started.index("请处理2")
     assert {r.text: r.status for r in await outbox(database)} == dict.fromkeys(
         ["请处理1", "回复甲", "请处理2", "回复乙"], "sent")
+
+
+async def test_a_row_queued_during_a_slow_send_goes_out_without_waiting_for_that_round(
+        database: Database, clock: FakeClock, tmp_path: Path) -> None:
+    """Rounds overlap: a reply committed while a round's send to an officer hangs goes out at once, in a round
+    of its own. A row for the officer queued meanwhile waits until the send before it has ended (order within
+    a conversation), and the drain ends once every round has."""
+    from bot import sender
+    from models import outbox as queue
+
+    unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
+    station = Station(ConfigVersion.build(load_config(unpaced)), database, clock)
+
+    async def enqueue(conversation: str, text: str) -> None:
+        async with database.session() as session, session.begin():
+            queue.enqueue(session, account="huamu", conversation_id=conversation,
+                          is_room=conversation.endswith("@chatroom"), text=text, now=clock(), kind="reply",
+                          priority=queue.PRIORITY_URGENT)
+        station.outbox_ready.set()
+
+    await enqueue("wxid_officer_wang", "请处理1")
+    transport = PerConversationTransport(held={"wxid_officer_wang"})
+    draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
+    await transport.until(lambda: transport.started == ["请处理1"])
+    await enqueue("wxid_officer_wang", "请处理2")
+    await enqueue("jinxiu@chatroom", "回复甲")
+    await transport.until(lambda: "回复甲" in transport.finished)  # before this change: never, until released
+    assert transport.started == ["请处理1", "回复甲"] and not draining.done()
+    statuses = {r.text: r.status for r in await outbox(database)}
+    assert (statuses["请处理1"], statuses["请处理2"]) == ("sending", "pending")
+    transport.release.set()
+    assert await asyncio.wait_for(draining, 10) is None
+    assert transport.finished == ["回复甲", "请处理1", "请处理2"]
+    assert {r.text: r.status for r in await outbox(database)} == dict.fromkeys(["请处理1", "请处理2", "回复甲"], "sent")
+
+
+async def test_cancelling_a_drain_ends_its_rounds_in_flight(database: Database, clock: FakeClock,
+                                                            tmp_path: Path) -> None:
+    """The bot stopping mid-send: no round outlives the drain; the row stays claimed ('sending') for the next
+    start to settle by its echo or send again (``settle_stale``)."""
+    from bot import sender
+
+    unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
+    station = Station(ConfigVersion.build(load_config(unpaced)), database, clock)
+    await _queue_ping(database, clock)
+    transport = PerConversationTransport(held={"wxid_officer_wang"})
+    draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
+    await transport.until(lambda: transport.started == ["请处理"])
+    draining.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await draining
+    assert [t.get_name() for t in asyncio.all_tasks() if t.get_name() == "outbox-round"] == []
+    assert [r.status for r in await outbox(database)] == ["sending"]
+
+
+async def test_a_failing_round_fails_the_drain_after_the_others_end(database: Database, clock: FakeClock,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round whose record fails (the database, say) is reported by the drain (``run_sender`` logs it and
+    tries again); a round to another conversation still in flight finishes its send and record first."""
+    from bot import sender
+    from models import outbox as queue
+
+    unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
+    station = Station(ConfigVersion.build(load_config(unpaced)), database, clock)
+    await _queue_ping(database, clock)
+    transport = PerConversationTransport(held={"wxid_officer_wang"})
+    draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
+    await transport.until(lambda: transport.started == ["请处理"])
+    real_mark = queue.mark_many_sent
+
+    async def failing_mark(session: Any, sent: dict[int, str | None], *args: Any, **kwargs: Any) -> set[int]:
+        if "id-回复甲" in sent.values():
+            raise RuntimeError("disk I/O error")
+        return await real_mark(session, sent, *args, **kwargs)
+
+    monkeypatch.setattr(queue, "mark_many_sent", failing_mark)
+    async with database.session() as session, session.begin():
+        queue.enqueue(session, account="huamu", conversation_id="jinxiu@chatroom", is_room=True, text="回复甲",
+                      now=clock(), kind="reply", priority=queue.PRIORITY_URGENT)
+    station.outbox_ready.set()
+    await transport.until(lambda: "回复甲" in transport.finished)
+    assert not draining.done()  # the failed round waits for the one still sending
+    transport.release.set()
+    with pytest.raises(RuntimeError, match="disk I/O error"):
+        await asyncio.wait_for(draining, 10)
+    assert {r.text: r.status for r in await outbox(database)} == {"请处理": "sent", "回复甲": "sending"}
 
 
 async def test_the_per_minute_cap_on_group_messages_holds_across_rounds_and_processes(
