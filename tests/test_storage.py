@@ -389,10 +389,9 @@ async def test_a_row_queued_during_a_slow_send_goes_out_without_waiting_for_that
     assert {r.text: r.status for r in await outbox(database)} == dict.fromkeys(["请处理1", "请处理2", "回复甲"], "sent")
 
 
-async def test_cancelling_a_drain_ends_its_rounds_in_flight(database: Database, clock: FakeClock,
-                                                            tmp_path: Path) -> None:
-    """The bot stopping mid-send: no round outlives the drain; the row stays claimed ('sending') for the next
-    start to settle by its echo or send again (``settle_stale``)."""
+async def _draining_with_a_send_held(database: Database, clock: FakeClock, tmp_path: Path
+                                     ) -> tuple[Station, PerConversationTransport, asyncio.Task[float | None]]:
+    """A drain whose ping to officer Wang is on its way, held there until ``transport.release`` is set."""
     from bot import sender
 
     unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
@@ -401,6 +400,15 @@ async def test_cancelling_a_drain_ends_its_rounds_in_flight(database: Database, 
     transport = PerConversationTransport(held={"wxid_officer_wang"})
     draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
     await transport.until(lambda: transport.started == ["请处理"])
+    return station, transport, draining
+
+
+async def test_cancelling_a_drain_ends_its_rounds_in_flight(database: Database, clock: FakeClock,
+                                                            tmp_path: Path) -> None:
+    """The bot stopping mid-send: no round outlives the drain; the row stays claimed ('sending') for the next
+    start to settle by its echo or send again (``settle_stale``)."""
+
+    _, _, draining = await _draining_with_a_send_held(database, clock, tmp_path)
     draining.cancel()
     with pytest.raises(asyncio.CancelledError):
         await draining
@@ -413,15 +421,9 @@ async def test_a_failing_round_fails_the_drain_after_the_others_end(database: Da
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A round whose record fails (the database, say) is reported by the drain (``run_sender`` logs it and
     tries again); a round to another conversation still in flight finishes its send and record first."""
-    from bot import sender
     from models import outbox as queue
 
-    unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
-    station = Station(ConfigVersion.build(load_config(unpaced)), database, clock)
-    await _queue_ping(database, clock)
-    transport = PerConversationTransport(held={"wxid_officer_wang"})
-    draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
-    await transport.until(lambda: transport.started == ["请处理"])
+    station, transport, draining = await _draining_with_a_send_held(database, clock, tmp_path)
     real_mark = queue.mark_many_sent
 
     async def failing_mark(session: Any, sent: dict[int, str | None], *args: Any, **kwargs: Any) -> set[int]:
