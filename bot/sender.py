@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 IDLE_CHECK_SECONDS = 5.0  # also picks up rows left by a crash or written by another process
 ROUND_SIZE = 50  # rows read (and at most claimed) per round
-CONCURRENT_SENDS = 8  # sends in flight at once in a round, each to another conversation
+CONCURRENT_SENDS = 8  # sends in flight at once, across the rounds in flight, each to another conversation
 MAX_ROUNDS_IN_FLIGHT = 4
 SETTLE_EVERY_SECONDS = 5.0  # how often to look for rows a dead sender left 'sending'
 # How long one attempt (membership check and send) may take. Well under STALE_CLAIM: a row still 'sending'
@@ -128,6 +128,7 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
     its order; sends to different conversations overlap (``_deliver_all``), and a failed send ends its
     conversation's turn: the rows not attempted are given back."""
     rounds: dict[asyncio.Task[None], frozenset[str]] = {}  # rounds in flight, and the conversations of each
+    sending = asyncio.Semaphore(CONCURRENT_SENDS)  # shared: overlapping rounds do not multiply the sends at once
     failure: BaseException | None = None
     must_read = True
     complete = False  # the last read took every pending row: none held back by pacing or a busy conversation
@@ -142,7 +143,8 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
                 complete = not busy and not full and soonest is None
                 just_read, must_read = True, False
                 if due:
-                    task = asyncio.create_task(_send_round(station, transport, due), name="outbox-round")
+                    task = asyncio.create_task(_send_round(station, transport, due, sending),
+                                               name="outbox-round")
                     rounds[task] = frozenset(row.conversation_id for row in due)
                     if full:  # more rows may wait behind this read
                         must_read = True
@@ -197,7 +199,8 @@ async def _next_round(station: Station, pacer: Pacer, busy: frozenset[str]) -> t
     return due, soonest, len(rows) == ROUND_SIZE
 
 
-async def _send_round(station: Station, transport: Transport, due: list[OutboxMessage]) -> None:
+async def _send_round(station: Station, transport: Transport, due: list[OutboxMessage],
+                      sending: asyncio.Semaphore) -> None:
     """Claim ``due``, send what this claim got, record the outcomes."""
     now = station.now()
     urgent = any(row.priority <= outbox.PRIORITY_URGENT for row in due)
@@ -209,7 +212,7 @@ async def _send_round(station: Station, transport: Transport, due: list[OutboxMe
     await station.db.durable()  # what caused these rows is on disk before anyone hears of it
     echoed = await _already_echoed(station, mine)
     results = echoed + await _deliver_all(transport, [row for row in mine if row.id not in
-                                                      {r.row.id for r in echoed}])
+                                                      {r.row.id for r in echoed}], sending)
     unsent = [row.id for row in mine if row.id not in {r.row.id for r in results}]
     plain = {r.row.id: r.message_id for r in results  # sent, and no broadcast to finish
              if r.error is None and not r.not_member and r.row.broadcast_id is None}
@@ -294,13 +297,13 @@ async def _deliver_in_order(transport: Transport, rows: list[OutboxMessage],
     return results
 
 
-async def _deliver_all(transport: Transport, rows: list[OutboxMessage]) -> list[_Result]:
+async def _deliver_all(transport: Transport, rows: list[OutboxMessage],
+                       limit: asyncio.Semaphore) -> list[_Result]:
     """Every claimed row of a round, conversations side by side: a reply to one group does not wait for the
     gRPC round trips of pings and replies to others (under load they queued one behind another)."""
     chains: dict[str, list[OutboxMessage]] = {}
     for row in rows:  # send order kept within each conversation
         chains.setdefault(row.conversation_id, []).append(row)
-    limit = asyncio.Semaphore(CONCURRENT_SENDS)
     if len(chains) <= 1:
         return await _deliver_in_order(transport, rows, limit)
     done = await asyncio.gather(*(_deliver_in_order(transport, chain, limit) for chain in chains.values()))

@@ -403,6 +403,53 @@ async def _draining_with_a_send_held(database: Database, clock: FakeClock, tmp_p
     return station, transport, draining
 
 
+async def test_overlapping_rounds_share_one_cap_on_sends_at_once(database: Database, clock: FakeClock,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CONCURRENT_SENDS`` bounds the sends in flight across rounds, not per round: with a cap of 2 and two
+    hung sends in two rounds, a third conversation's send starts only once one of them has ended."""
+    from bot import sender
+    from models import outbox as queue
+
+    monkeypatch.setattr(sender, "CONCURRENT_SENDS", 2)
+    unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
+    station = Station(ConfigVersion.build(load_config(unpaced)), database, clock)
+    gates = {name: asyncio.Event() for name in ("wxid_officer_wang", "wxid_officer_li", "jinxiu@chatroom")}
+    transport = PerConversationTransport(held=set())
+    seen_finished_at_start: dict[str, list[str]] = {}
+    plain_send = transport.send
+
+    async def gated_send(conversation_id: str, text: str, *, is_room: bool, mentions: list[str]) -> str | None:
+        seen_finished_at_start[text] = list(transport.finished)
+        transport._changed.set()
+        await gates[conversation_id].wait()
+        return await plain_send(conversation_id, text, is_room=is_room, mentions=mentions)
+
+    monkeypatch.setattr(transport, "send", gated_send)
+
+    async def enqueue(conversation: str, text: str) -> None:
+        async with database.session() as session, session.begin():
+            queue.enqueue(session, account="huamu", conversation_id=conversation,
+                          is_room=conversation.endswith("@chatroom"), text=text, now=clock(), kind="ping",
+                          priority=queue.PRIORITY_URGENT)
+        station.outbox_ready.set()
+
+    await enqueue("wxid_officer_wang", "甲")
+    draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
+    await transport.until(lambda: "甲" in seen_finished_at_start)
+    await enqueue("wxid_officer_li", "乙")
+    await enqueue("jinxiu@chatroom", "丙")
+    await transport.until(lambda: len(seen_finished_at_start) >= 2)
+    gates["wxid_officer_wang"].set()
+    await transport.until(lambda: "丙" in seen_finished_at_start or "乙" in transport.finished)
+    gates["wxid_officer_li"].set()
+    gates["jinxiu@chatroom"].set()
+    assert await asyncio.wait_for(draining, 10) is None
+    # the second round's two sends: one started beside 甲, the other only after 甲 had finished
+    assert sorted(len(seen_finished_at_start[text]) for text in ("乙", "丙")) == [0, 1]
+    assert {r.text: r.status for r in await outbox(database)} == dict.fromkeys(["甲", "乙", "丙"], "sent")
+
+
 async def test_cancelling_a_drain_ends_its_rounds_in_flight(database: Database, clock: FakeClock,
                                                             tmp_path: Path) -> None:
     """The bot stopping mid-send: no round outlives the drain; the row stays claimed ('sending') for the next
