@@ -355,30 +355,33 @@ async def test_sends_to_other_conversations_do_not_wait_behind_a_slow_one(databa
         ["请处理1", "回复甲", "请处理2", "回复乙"], "sent")
 
 
+async def _announce_urgent(station: Station, clock: FakeClock, conversation: str, text: str) -> None:
+    """An urgent row committed and announced, as the intake does with a reply or a ping."""
+    from models import outbox as queue
+
+    async with station.db.session() as session, session.begin():
+        queue.enqueue(session, account="huamu", conversation_id=conversation,
+                      is_room=conversation.endswith("@chatroom"), text=text, now=clock(), kind="reply",
+                      priority=queue.PRIORITY_URGENT)
+    station.outbox_ready.set()
+
+
 async def test_a_row_queued_during_a_slow_send_goes_out_without_waiting_for_that_round(
         database: Database, clock: FakeClock, tmp_path: Path) -> None:
     """Rounds overlap: a reply committed while a round's send to an officer hangs goes out at once, in a round
     of its own. A row for the officer queued meanwhile waits until the send before it has ended (order within
     a conversation), and the drain ends once every round has."""
     from bot import sender
-    from models import outbox as queue
 
     unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
     station = Station(ConfigVersion.build(load_config(unpaced)), database, clock)
 
-    async def enqueue(conversation: str, text: str) -> None:
-        async with database.session() as session, session.begin():
-            queue.enqueue(session, account="huamu", conversation_id=conversation,
-                          is_room=conversation.endswith("@chatroom"), text=text, now=clock(), kind="reply",
-                          priority=queue.PRIORITY_URGENT)
-        station.outbox_ready.set()
-
-    await enqueue("wxid_officer_wang", "请处理1")
+    await _announce_urgent(station, clock, "wxid_officer_wang", "请处理1")
     transport = PerConversationTransport(held={"wxid_officer_wang"})
     draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
     await transport.until(lambda: transport.started == ["请处理1"])
-    await enqueue("wxid_officer_wang", "请处理2")
-    await enqueue("jinxiu@chatroom", "回复甲")
+    await _announce_urgent(station, clock, "wxid_officer_wang", "请处理2")
+    await _announce_urgent(station, clock, "jinxiu@chatroom", "回复甲")
     await transport.until(lambda: "回复甲" in transport.finished)  # before this change: never, until released
     assert transport.started == ["请处理1", "回复甲"] and not draining.done()
     statuses = {r.text: r.status for r in await outbox(database)}
@@ -409,7 +412,6 @@ async def test_overlapping_rounds_share_one_cap_on_sends_at_once(database: Datab
     """``CONCURRENT_SENDS`` bounds the sends in flight across rounds, not per round: with a cap of 2 and two
     hung sends in two rounds, a third conversation's send starts only once one of them has ended."""
     from bot import sender
-    from models import outbox as queue
 
     monkeypatch.setattr(sender, "CONCURRENT_SENDS", 2)
     unpaced = write_config(tmp_path, (ROOT / "config.yaml").read_text(encoding="utf-8"))
@@ -427,18 +429,11 @@ async def test_overlapping_rounds_share_one_cap_on_sends_at_once(database: Datab
 
     monkeypatch.setattr(transport, "send", gated_send)
 
-    async def enqueue(conversation: str, text: str) -> None:
-        async with database.session() as session, session.begin():
-            queue.enqueue(session, account="huamu", conversation_id=conversation,
-                          is_room=conversation.endswith("@chatroom"), text=text, now=clock(), kind="ping",
-                          priority=queue.PRIORITY_URGENT)
-        station.outbox_ready.set()
-
-    await enqueue("wxid_officer_wang", "甲")
+    await _announce_urgent(station, clock, "wxid_officer_wang", "甲")
     draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
     await transport.until(lambda: "甲" in seen_finished_at_start)
-    await enqueue("wxid_officer_li", "乙")
-    await enqueue("jinxiu@chatroom", "丙")
+    await _announce_urgent(station, clock, "wxid_officer_li", "乙")
+    await _announce_urgent(station, clock, "jinxiu@chatroom", "丙")
     await transport.until(lambda: len(seen_finished_at_start) >= 2)
     gates["wxid_officer_wang"].set()
     await transport.until(lambda: "丙" in seen_finished_at_start or "乙" in transport.finished)
