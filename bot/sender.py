@@ -79,6 +79,7 @@ class Pacer:
         self.group_last_minute = 0
         self.group_last_day = 0
         self.caps_counted_at: datetime | None = None
+        self.group_in_flight = 0  # group rows taken by rounds in flight, not recorded yet
 
     async def count_caps(self, session: AsyncSession, account: str, now: datetime) -> None:
         """Group messages sent in the last minute and day, by any process of this account (counted again only
@@ -87,8 +88,11 @@ class Pacer:
         if counted_at is not None and counted_at <= now < counted_at + CAPS_RECOUNT:
             return
         self.caps_counted_at = now
-        self.group_last_minute = await outbox.sent_since(session, account, True, now - timedelta(minutes=1))
-        self.group_last_day = await outbox.sent_since(session, account, True, now - timedelta(days=1))
+        # group rows this process has taken for rounds still in flight are not recorded as sent yet
+        self.group_last_minute = self.group_in_flight + await outbox.sent_since(
+            session, account, True, now - timedelta(minutes=1))
+        self.group_last_day = self.group_in_flight + await outbox.sent_since(
+            session, account, True, now - timedelta(days=1))
 
     def wait(self, row: OutboxMessage, now: datetime) -> float:
         """Seconds until ``row`` may go (0: now). Urgent rows are exempt from the daily cap only."""
@@ -102,15 +106,22 @@ class Pacer:
             wait = max(wait, 60.0)
         return wait
 
-    def sent(self, row: OutboxMessage, now: datetime) -> None:
+    def take(self, row: OutboxMessage, now: datetime) -> None:
+        """``row`` goes in a round starting now: its slot is taken until :meth:`settle` (a failed send wastes
+        it, so the pacing errs towards fewer messages, never more)."""
         settings = self.station.current.config.outbox
         if row.is_room:
             jitter = self.rng.uniform(0, settings.group_jitter.total_seconds())
             self.next_group = now + settings.group_interval + timedelta(seconds=jitter)
             self.group_last_minute += 1
             self.group_last_day += 1
+            self.group_in_flight += 1
         else:
             self.next_private = now + settings.private_interval
+
+    def settle(self, rows: list[OutboxMessage]) -> None:
+        """A round has recorded ``rows`` (or given up on them): the database's counts include what went."""
+        self.group_in_flight -= sum(1 for row in rows if row.is_room)
 
 
 async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> float | None:
@@ -145,6 +156,7 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
                 if due:
                     task = asyncio.create_task(_send_round(station, transport, due, sending),
                                                name="outbox-round")
+                    task.add_done_callback(lambda _, taken=due: pacer.settle(taken))
                     rounds[task] = frozenset(row.conversation_id for row in due)
                     if full:  # more rows may wait behind this read
                         must_read = True
@@ -195,7 +207,7 @@ async def _next_round(station: Station, pacer: Pacer, busy: frozenset[str]) -> t
             soonest = wait if soonest is None else min(soonest, wait)
             continue
         due.append(row)
-        pacer.sent(row, now)  # taken at once: a round in flight holds its slots (a failed send wastes one)
+        pacer.take(row, now)  # at once: a round in flight holds its slots
     return due, soonest, len(rows) == ROUND_SIZE
 
 

@@ -515,6 +515,34 @@ async def test_the_per_minute_cap_on_group_messages_holds_across_rounds_and_proc
                                                              "lianyang@chatroom")]
 
 
+async def test_the_per_minute_cap_counts_group_sends_still_in_flight(database: Database, clock: FakeClock,
+                                                                     tmp_path: Path) -> None:
+    """The caps are counted again from the database once a second, but a round in flight has not recorded its
+    sends yet: they count all the same, so overlapping rounds cannot exceed ``group_per_minute``."""
+    import yaml
+
+    from bot import sender
+
+    data = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    data["outbox"] = {"group_interval": "0s", "group_jitter": "0s", "private_interval": "0s", "group_per_minute": 2}
+    config = load_config(write_config(tmp_path, yaml.safe_dump(data, allow_unicode=True), paced=True))
+    station = Station(ConfigVersion.build(config), database, clock)
+    await _announce_urgent(station, clock, "jinxiu@chatroom", "回复甲")
+    await _announce_urgent(station, clock, "fangdian@chatroom", "回复乙")
+    transport = PerConversationTransport(held={"jinxiu@chatroom", "fangdian@chatroom"})
+    draining = asyncio.create_task(sender.drain_once(station, transport, sender.Pacer(station)))
+    await transport.until(lambda: set(transport.started) == {"回复甲", "回复乙"})
+    clock.current += sender.CAPS_RECOUNT * 2  # the next read counts the caps again
+    await _announce_urgent(station, clock, "lianyang@chatroom", "回复丙")
+    await _announce_urgent(station, clock, "wxid_officer_li", "请处理")
+    await transport.until(lambda: "请处理" in transport.started)  # read and planned in the same round as 丙
+    assert "回复丙" not in transport.started
+    transport.release.set()
+    assert await asyncio.wait_for(draining, 10) == 5.0  # 丙 waits for the minute to pass
+    assert {r.text: r.status for r in await outbox(database)} == {"回复甲": "sent", "回复乙": "sent",
+                                                                  "回复丙": "pending", "请处理": "sent"}
+
+
 async def test_a_row_committed_during_a_round_is_sent_before_the_round_ends(database: Database, clock: FakeClock,
                                                                            tmp_path: Path) -> None:
     """A round that took everything pending ends without reading again, unless a row was announced
