@@ -180,14 +180,22 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
                     failure = task.exception()
             # a paced row's turn, a new row, or a round's end with rows held back for its conversations
             must_read = must_read or station.outbox_ready.is_set() or not complete
+    except asyncio.CancelledError:  # the bot is stopping: a send cut short is settled by its echo after restart
+        for task in rounds:
+            task.cancel()
+        raise
     finally:
-        if rounds:  # cancelled (the bot is stopping), or a read failed: end what is in flight
-            for task in rounds:
-                task.cancel()
-            await asyncio.wait(rounds)
-            for task in rounds:
-                if not task.cancelled():
-                    task.exception()  # retrieved: the first failure is the one raised
+        if rounds:  # a read failed (or we were cancelled): the rounds in flight end first
+            try:
+                await asyncio.wait(rounds)
+            except asyncio.CancelledError:
+                for task in rounds:
+                    task.cancel()
+                raise
+            finally:
+                for task in rounds:
+                    if task.done() and not task.cancelled():
+                        task.exception()  # retrieved: the first failure is the one raised
 
 
 async def _next_round(station: Station, pacer: Pacer, busy: frozenset[str]) -> tuple[list[OutboxMessage],

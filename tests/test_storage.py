@@ -486,6 +486,26 @@ async def test_a_failing_round_fails_the_drain_after_the_others_end(database: Da
     assert {r.text: r.status for r in await outbox(database)} == {"请处理": "sent", "回复甲": "sending"}
 
 
+async def test_a_failed_read_lets_the_rounds_in_flight_finish(database: Database, clock: FakeClock,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database failing the next read (a hiccup) fails the drain, but only after the send already on its way
+    has finished and been recorded: it is not cut short and left for the stale-claim check."""
+    from models import outbox as queue
+
+    station, transport, draining = await _draining_with_a_send_held(database, clock, tmp_path)
+
+    async def failing_read(*args: Any, **kwargs: Any) -> list[Any]:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(queue, "next_pending", failing_read)
+    station.outbox_ready.set()  # a row announced: the drain reads, and the read fails
+    transport.release.set()
+    with pytest.raises(RuntimeError, match="database is locked"):
+        await asyncio.wait_for(draining, 10)
+    assert transport.finished == ["请处理"]
+    assert [r.status for r in await outbox(database)] == ["sent"]
+
+
 async def test_the_per_minute_cap_on_group_messages_holds_across_rounds_and_processes(
         database: Database, clock: FakeClock, tmp_path: Path) -> None:
     """``outbox.group_per_minute`` counts the group messages every process of the account sent in the last
