@@ -133,11 +133,14 @@ async def drain_once(station: Station, transport: Transport, pacer: Pacer) -> fl
     Urgent rows go before the intake's next batch (``Station.urgent_first``).
 
     Rounds overlap: while one round's sends are on their way, the next takes what was queued since. A reply
-    committed just after a round began used to wait for that round's slowest send and its record (at half
-    the district benchmark's ceiling, 9 ms at the median and 50 ms at the 99th percentile). A conversation
-    with a send in flight is left out of the next reads until its round ends, so each conversation keeps
-    its order; sends to different conversations overlap (``_deliver_all``), and a failed send ends its
-    conversation's turn: the rows not attempted are given back."""
+    committed just after a round began used to wait for that round's slowest send and its record: a hung send
+    held every other conversation for up to ``SEND_TIMEOUT``, and at the district benchmark's ceiling rate a
+    stored report's reply waited ~220 ms at the median to be claimed (~35 ms now). A conversation with a send
+    in flight is left out of the next reads until its round ends, so each conversation keeps its order;
+    sends to different conversations overlap (``_deliver_all``), at most ``CONCURRENT_SENDS`` at once across
+    rounds, and a failed send ends its conversation's turn: the rows not attempted are given back. A round
+    that fails (its record, say) fails the drain once the other rounds have ended; only a stop cuts sends
+    short."""
     rounds: dict[asyncio.Task[None], frozenset[str]] = {}  # rounds in flight, and the conversations of each
     sending = asyncio.Semaphore(CONCURRENT_SENDS)  # shared: overlapping rounds do not multiply the sends at once
     failure: BaseException | None = None
