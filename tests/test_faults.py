@@ -22,7 +22,7 @@ from handlers import pipeline
 from handlers.inbound import Inbound
 from models.db import Database
 from models.tables import EchoReceipt, InboundMessage, Incident, OutboxMessage
-from tests.conftest import BOT, JINXIU, WANG, Env, FakeClock, with_payload_helper, write_config
+from tests.conftest import BOT, FANGDIAN, JINXIU, WANG, Env, FakeClock, with_payload_helper, write_config
 from tests.test_storage import make_station, outbox, resident_says
 
 
@@ -381,6 +381,24 @@ async def test_a_send_cut_off_by_a_lost_connection_does_not_end_the_outbox_sende
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(sender, 10)
     assert sender.cancelled()  # and a real stop still stops it
+
+
+async def test_a_send_stuck_at_the_service_does_not_hold_up_a_reply_to_another_group(env: Env) -> None:
+    """The puppet service hangs on every send to one group. A report in that group is stored, its reply's send
+    hangs; a report in another group meanwhile gets its reply at once (before this, it waited behind the
+    stuck send for up to ``SEND_TIMEOUT``). Once the service recovers, the stuck reply goes out, once."""
+    stuck = asyncio.Event()
+    env.sandbox.puppet.send_holds[JINXIU] = stuck
+    start = env.sandbox.log.last_seq
+    await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
+    await env.bot_says(WANG, start, "烟焦味")  # the ping went out: the report is handled, its reply stuck
+    assert env.bot_messages(JINXIU, start) == []
+    await env.sandbox.say("wxid_res_08", "楼道闻到一股烟焦味!", room=FANGDIAN)
+    await env.bot_says(FANGDIAN, start, "119", timeout=5)
+    assert env.bot_messages(JINXIU, start) == []
+    stuck.set()
+    await env.bot_says(JINXIU, start, "119")
+    assert len(env.bot_messages(JINXIU, start)) == 1
 
 
 async def test_a_send_the_service_answers_too_late_goes_out_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

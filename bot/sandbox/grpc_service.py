@@ -78,6 +78,9 @@ class PuppetService:
         # (a send is posted and echoed) but answered this many seconds later, as a real service under
         # strain can do, even after the caller has stopped waiting.
         self.answer_delay: dict[str, float] = {}
+        # A fault for tests, by conversation id: a MessageSendText to it hangs (posts nothing, answers nothing)
+        # until the event is set, as a service stuck on one chat can.
+        self.send_holds: dict[str, asyncio.Event] = {}
 
     # -- connection state ------------------------------------------------------
     @property
@@ -496,6 +499,8 @@ class PuppetService:
 
     async def rpc_message_send_text(self, request: pb.MessageSendTextRequest) -> pb.MessageSendTextResponse:
         target = request.conversation_id
+        if (hold := self.send_holds.get(target)) is not None:
+            await hold.wait()
         is_room = "@" in target
         entry = await self.deliver(
             sender_id=self.world.bot.id,
