@@ -245,6 +245,7 @@ async def _send_round(station: Station, transport: Transport, due: list[OutboxMe
             recorded = [result.row.id in settled if result.row.id in plain
                         else await _record(session, station, result, now) for result in results]
             await outbox.release(session, unsent, now)
+    station.outbox_recorded.set()
     for result, was_recorded in zip(results, recorded, strict=True):
         if result.row.id in plain and not was_recorded:
             log.warning("outbox #%s was taken over by another sender before its send here was recorded",

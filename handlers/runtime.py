@@ -128,6 +128,8 @@ class Station:
     db: Database
     clock: Clock = system_clock
     outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set each time the sender has recorded a round (sent, failed or given back), for whoever watches the outbox.
+    outbox_recorded: asyncio.Event = field(default_factory=asyncio.Event)
     urgent_first: UrgentFirst = field(default_factory=UrgentFirst)
     metrics: Metrics = field(default_factory=Metrics)  # one registry per station: tests run several
     # The other stations of the district (when run from a district file), for district-wide warnings.

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from bot.sender import run_sender
 from bot.wechaty_compat import prepare
 from handlers import pipeline
 from handlers.inbound import Inbound
+from handlers.runtime import Station
 from models.db import Database
 from models.tables import EchoReceipt, InboundMessage, Incident, OutboxMessage
 from tests.conftest import BOT, FANGDIAN, JINXIU, WANG, Env, FakeClock, with_payload_helper, write_config
@@ -362,17 +364,13 @@ async def test_a_send_cut_off_by_a_lost_connection_does_not_end_the_outbox_sende
         await asyncio.wait_for(transport.in_call.wait(), 10)
         transport.wrapper.cancel(StreamTerminatedError("Connection lost"))
         await transport.wait_sent(1)  # the other row goes on (the sender did not end)
-        async with asyncio.timeout(10):  # the failure is recorded (its retry time set) before the clock moves
-            while not any(r.attempts == 1 and r.status == "pending" for r in await outbox(database)):
-                await asyncio.sleep(0.02)
+        # the failure is recorded (its retry time set) before the clock moves
+        await until_outbox(station, lambda rows: any(r.attempts == 1 and r.status == "pending" for r in rows))
         clock.current += timedelta(minutes=5)  # the cut-off row's retry (and any pacing) is due
         station.outbox_ready.set()
         await transport.wait_sent(2)
-        rows = await outbox(database)
-        async with asyncio.timeout(10):  # the sender records a send just after the call returns
-            while [r.status for r in rows] != ["sent", "sent"]:
-                await asyncio.sleep(0.02)
-                rows = await outbox(database)
+        # the sender records a send just after the call returns
+        rows = await until_outbox(station, lambda rows: [r.status for r in rows] == ["sent", "sent"])
         assert not sender.done() and sender.cancelling() == 0
         assert [(r.attempts, (r.last_error or "").split(":")[0]) for r in rows if r.attempts > 1] == \
             [(2, "StreamTerminatedError")]
@@ -413,20 +411,30 @@ async def test_a_send_the_service_answers_too_late_goes_out_once(env: Env, monke
     await env.sandbox.say("wxid_res_01", "楼道闻到一股烟焦味!", room=JINXIU)
     posted = await env.bot_says(JINXIU, start, "119")
     assert env.app.station is not None
-    async with asyncio.timeout(10):  # the sender gave up on the answer and set the retry's time
-        while not [r for r in await outbox(env.app.station.db) if r.kind == "reply" and r.attempts == 1]:
-            await asyncio.sleep(0.02)
-    async with asyncio.timeout(10):  # and the echo of what the service did post has been stored
-        while not await _echo_stored(env, posted["id"]):
-            await asyncio.sleep(0.02)
+    # the sender gave up on the answer and set the retry's time
+    await until_outbox(env.app.station, lambda rows: any(r.kind == "reply" and r.attempts == 1 for r in rows))
+    await env.outcome_of(posted["id"])  # and the echo of what the service did post has been stored
+    assert await _echo_stored(env, posted["id"])
     env.sandbox.puppet.answer_delay.clear()
     env.clock.current += sender.UNANSWERED_RETRY_AFTER  # the retry is due
     env.app.station.outbox_ready.set()
-    async with asyncio.timeout(10):
-        while (reply := next(r for r in await outbox(env.app.station.db) if r.kind == "reply")).status != "sent":
-            await asyncio.sleep(0.02)
+    rows = await until_outbox(env.app.station, lambda rows: any(r.kind == "reply" and r.status == "sent"
+                                                                for r in rows))
+    reply = next(r for r in rows if r.kind == "reply")
     assert (reply.attempts, reply.sent_message_id) == (2, posted["id"])
     assert len(env.bot_messages(JINXIU, start)) == 1
+
+
+async def until_outbox(station: Station, holds: Callable[[list[OutboxMessage]], bool],
+                       timeout: float = 10) -> list[OutboxMessage]:
+    """The outbox's rows once ``holds`` is true of them, looked at again each time the sender records a round."""
+    async with asyncio.timeout(timeout):
+        while True:
+            station.outbox_recorded.clear()  # before the look: a round recorded after it wakes the wait
+            rows = await outbox(station.db)
+            if holds(rows):
+                return rows
+            await station.outbox_recorded.wait()
 
 
 async def _echo_stored(env: Env, message_id: str) -> bool:
