@@ -25,6 +25,7 @@ from prometheus_client import (
 )
 from sqlalchemy import func, select
 
+from models.outbox import PRIORITY_URGENT
 from models.tables import OutboxMessage, OutboxStatus
 
 if TYPE_CHECKING:
@@ -100,6 +101,10 @@ class Metrics:
             ["kind", "final"], registry=r)
         self.outbox_pending = Gauge(
             "gonghao_outbox_pending", "Outbox rows waiting to be sent (computed at scrape)", registry=r)
+        self.outbox_oldest_urgent = Gauge(
+            "gonghao_outbox_oldest_urgent_seconds",
+            "Age of the oldest reply to a report or ping not sent yet, 0 when none (computed at scrape)",
+            registry=r)
         self.config_reloads = Counter(
             "gonghao_config_reloads", "Config reloads by result: ok (new version live), failed (rejected, "
             "the running version stays), unchanged", ["result"], registry=r)
@@ -202,7 +207,17 @@ class Metrics:
                 select(func.count()).select_from(OutboxMessage).where(
                     OutboxMessage.account == station.id, OutboxMessage.status == OutboxStatus.pending)
             )
+            # what an alert wants: a ping stuck for minutes (retrying, or a send hung), whatever the cause;
+            # broadcast copies are left out, as pacing keeps a long warning's last copies waiting for hours
+            oldest_urgent = await session.scalar(
+                select(func.min(OutboxMessage.created_at)).where(
+                    OutboxMessage.account == station.id,
+                    OutboxMessage.status.in_([OutboxStatus.pending, OutboxStatus.sending]),
+                    OutboxMessage.priority <= PRIORITY_URGENT)
+            )
         self.outbox_pending.set(pending or 0)
+        self.outbox_oldest_urgent.set(
+            max(0.0, (station.now() - oldest_urgent).total_seconds()) if oldest_urgent is not None else 0.0)
         self.puppet_connected.set(1 if connection.connected else 0)
         self.reconnects.set(connection.reconnects)
         self.liveness_failures.set(connection.liveness_failures)

@@ -38,7 +38,7 @@ from bot.web.server import AdminWeb, metrics_of, safe_next, start_admin_web
 from bot.web.svg import bar_chart, nice_ceiling
 from bot.web.views_base import METRICS_KEY
 from handlers.metrics import Metrics, outcome_kind
-from models.outbox import enqueue_row
+from models.outbox import PRIORITY_URGENT, enqueue_row
 from models.tables import Incident, OutboxMessage
 from tests.conftest import FANGDIAN, JINXIU, ROOT, WANG, Env, FakeClock, write_config
 
@@ -579,13 +579,21 @@ async def test_metrics_scrape(web: WebEnv) -> None:
     assert station is not None
     async with station.db.session() as s, s.begin():  # a row the sender must not touch yet
         row = enqueue_row(s, account=station.id, conversation_id=JINXIU, is_room=True, text="稍后发送",
-                          now=station.now(), kind="broadcast")
+                          now=station.now() - timedelta(hours=2), kind="broadcast")
         row.not_before = station.now() + timedelta(days=365)
     async with web.client().http.get("/metrics") as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         samples = scrape(await response.text())
     assert samples[("gonghao_outbox_pending", ())] == 1
+    assert samples[("gonghao_outbox_oldest_urgent_seconds", ())] == 0  # a broadcast copy is not urgent
+    async with station.db.session() as s, s.begin():  # a ping waiting out a retry after failing for 90 s
+        row = enqueue_row(s, account=station.id, conversation_id=WANG, is_room=False, text="请处理",
+                          now=station.now() - timedelta(seconds=90), kind="ping", priority=PRIORITY_URGENT)
+        row.not_before = station.now() + timedelta(days=365)
+    async with web.client().http.get("/metrics") as response:
+        stuck = scrape(await response.text())[("gonghao_outbox_oldest_urgent_seconds", ())]
+    assert 90 <= stuck < 90 + 60
     assert samples[("gonghao_puppet_connected", ())] == 1
     assert samples[("gonghao_puppet_reconnects", ())] == 0
     assert samples[("gonghao_puppet_liveness_failures", ())] == 0
