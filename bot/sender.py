@@ -31,6 +31,8 @@ MAX_ATTEMPTS = 8
 IDLE_CHECK_SECONDS = 5.0  # also picks up rows left by a crash or written by another process
 ROUND_SIZE = 50  # rows read (and at most claimed) per round
 CONCURRENT_SENDS = 8  # sends in flight at once, across the rounds in flight, each to another conversation
+# Rounds in flight at once. More would only queue on the shared send cap; fewer let one hung send's round
+# and a broadcast's hold up the replies behind them.
 MAX_ROUNDS_IN_FLIGHT = 4
 SETTLE_EVERY_SECONDS = 5.0  # how often to look for rows a dead sender left 'sending'
 # How long one attempt (membership check and send) may take. Well under STALE_CLAIM: a row still 'sending'

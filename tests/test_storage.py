@@ -563,6 +563,28 @@ async def test_the_per_minute_cap_counts_group_sends_still_in_flight(database: D
                                                                   "回复丙": "pending", "请处理": "sent"}
 
 
+async def test_the_oldest_unsent_urgent_row_is_aged_on_either_database(database: Database,
+                                                                        clock: FakeClock) -> None:
+    """``gonghao_outbox_oldest_urgent_seconds`` reads MIN(created_at) of the replies and pings not sent yet
+    (a timestamp that must come back as one, on SQLite and PostgreSQL alike); broadcast copies do not count."""
+    from handlers.metrics import ConnectionFigures, Metrics
+    from models import outbox as queue
+
+    station = make_station(database, clock)
+    metrics = Metrics()
+    gauge = "gonghao_outbox_oldest_urgent_seconds"
+    await metrics.refresh(station, ConnectionFigures())
+    assert metrics.registry.get_sample_value(gauge) == 0
+    async with database.session() as session, session.begin():
+        queue.enqueue(session, account="huamu", conversation_id="jinxiu@chatroom", is_room=True, text="预警",
+                      now=clock() - timedelta(hours=3), kind="broadcast")
+        queue.enqueue(session, account="huamu", conversation_id="wxid_officer_wang", is_room=False,
+                      text="请处理", now=clock() - timedelta(seconds=75), kind="ping",
+                      priority=queue.PRIORITY_URGENT)
+    await metrics.refresh(station, ConnectionFigures())
+    assert metrics.registry.get_sample_value(gauge) == 75
+
+
 async def test_a_row_committed_during_a_round_is_sent_before_the_round_ends(database: Database, clock: FakeClock,
                                                                            tmp_path: Path) -> None:
     """A round that took everything pending ends without reading again, unless a row was announced
