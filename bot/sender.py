@@ -228,13 +228,17 @@ async def _send_round(station: Station, transport: Transport, due: list[OutboxMe
                       sending: asyncio.Semaphore) -> None:
     """Claim ``due``, send what this claim got, record the outcomes."""
     now = station.now()
+    # What caused these rows (committed before they were read) is on disk before anyone hears of it. The
+    # fsync runs while the rows are claimed: the claim itself need not be on disk first, since a row found
+    # claimed after a power cut is sent again unless its echo is stored, as an unclaimed one would be.
+    caused_on_disk = station.db.sync_now()
     urgent = any(row.priority <= outbox.PRIORITY_URGENT for row in due)
     async with station.urgent_first.sending() if urgent else nullcontext():
         async with station.db.session() as session, session.begin():
             claimed = await outbox.claim_many(session, [row.id for row in due], now)
     # rows another process claimed meanwhile are its to send
     mine = [row for row in due if row.id in claimed]
-    await station.db.durable()  # what caused these rows is on disk before anyone hears of it
+    await caused_on_disk
     echoed = await _already_echoed(station, mine)
     results = echoed + await _deliver_all(transport, [row for row in mine if row.id not in
                                                       {r.row.id for r in echoed}], sending)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -81,8 +82,16 @@ class Database:
         """Return once everything committed so far is on disk: before the bot acts on it (sends a reply or a
         ping). PostgreSQL's commit is durable when it returns; so is SQLite's with sqlite_sync normal, as far
         as that setting promises."""
+        await self.sync_now()
+
+    def sync_now(self) -> asyncio.Future[None]:
+        """:meth:`durable` in two steps: the sync starts now, and the future is done once everything committed
+        before this call is on disk. Done at once when nothing needs waiting for."""
         if self.checkpointer is not None and self.sqlite_sync == "full":
-            await self.checkpointer.durable()
+            return self.checkpointer.sync_now()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -55,7 +55,7 @@ class WalCheckpointer:
         self._synced = 0  # of those, known to be on disk (set by this thread)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # loop thread only
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.parked = asyncio.Event()  # set while a caller of durable() waits (tests wait on it)
+        self.parked = asyncio.Event()  # set while a sync asked for is not done (tests wait on it)
         self._done = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -87,24 +87,28 @@ class WalCheckpointer:
 
     async def durable(self) -> None:
         """Return once every commit so far is on disk (an fsync of the WAL by this thread)."""
+        await self.sync_now()
+
+    def sync_now(self) -> asyncio.Future[None]:
+        """Start the fsync of every commit so far at once; the future is done when they are on disk. The caller
+        goes on meanwhile (its later commits are not covered): the outbox sender claims its rows while the
+        thread syncs what caused them."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         target = self._committed
         if self._synced >= target:
-            return
+            future.set_result(None)
+            return future
         if not self.running:  # stopping or never started: sync here rather than act unsynced
             self._sync_wal()
             self._synced = max(self._synced, target)
-            return
-        loop = asyncio.get_running_loop()
+            future.set_result(None)
+            return future
         self._loop = loop
-        future: asyncio.Future[None] = loop.create_future()
         self._waiters.append((target, future))
         self.parked.set()
         self._wake.set()
-        try:
-            await future
-        finally:
-            if not self._waiters:
-                self.parked.clear()
+        return future
 
     def wait_until(self, condition: Callable[[WalCheckpointer], bool], timeout: float) -> bool:
         """Block until ``condition`` holds after a round (tests; from a thread, not the loop)."""
@@ -123,6 +127,8 @@ class WalCheckpointer:
         self._waiters = waiting
         if waiting:
             self._wake.set()
+        else:
+            self.parked.clear()
 
     def _run(self) -> None:
         connection: sqlite3.Connection | None = None

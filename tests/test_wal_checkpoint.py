@@ -11,13 +11,14 @@ import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from handlers.metrics import ConnectionFigures
-from models import wal_checkpoint
+from models import outbox, wal_checkpoint
 from models.db import Database, SqliteSync
 from models.tables import InboundMessage
 from models.wal_checkpoint import WalCheckpointer
@@ -150,6 +151,32 @@ async def test_durable_waits_for_the_wal_fsync_only_when_full(
     await database.close()
 
 
+async def test_a_sync_asked_for_covers_what_was_committed_before_it_and_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'point.db'}", sqlite_sync="full")
+    await database.create_schema()
+    checkpointer = database.checkpointer
+    assert checkpointer is not None
+    fsync = _GatedFsync()
+    monkeypatch.setattr(wal_checkpoint.os, "fsync", fsync)
+    try:
+        await _write(database, "a")
+        on_disk = database.sync_now()  # the thread starts at once, without anyone awaiting
+        assert await asyncio.to_thread(fsync.entered.wait, 10)
+        await _write(database, "b")  # the caller goes on and commits more while the fsync is held
+        assert not on_disk.done()
+        fsync.gate.set()
+        await asyncio.wait_for(on_disk, 10)  # done without waiting for a sync that covers "b"
+        later = database.sync_now()
+        assert not later.done()  # "b" is not on disk yet: a sync asked for now waits for its own fsync
+        await asyncio.wait_for(later, 10)
+        assert database.sync_now().done()  # nothing left to sync
+    finally:
+        fsync.gate.set()
+    await database.close()
+
+
 async def test_a_wait_that_arrives_just_after_its_sync_is_still_woken(tmp_path: Path) -> None:
     """The interleaving no timing can force: ``durable()`` saw the sync not yet done, and registered after the
     thread had finished that sync and looked for waiters. Nothing more is committed (a quiet station), so no
@@ -186,6 +213,31 @@ async def test_a_reply_goes_out_only_once_its_report_is_on_disk(env: Env, monkey
         await env.bot_says(JINXIU, start, "119")
     finally:
         fsync.gate.set()
+
+
+async def test_the_fsync_of_what_caused_a_reply_starts_before_the_reply_is_claimed(
+    env: Env, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sender asks for the sync before its claim, so the disk and the claim's transaction overlap."""
+    station = env.app.station
+    assert station is not None and station.db.checkpointer is not None
+    claiming, let_claim = asyncio.Event(), asyncio.Event()
+    claim_many = outbox.claim_many
+
+    async def held_claim(*args: Any, **kwargs: Any) -> set[int]:
+        claiming.set()
+        await let_claim.wait()
+        return await claim_many(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "claim_many", held_claim)
+    start = env.sandbox.log.last_seq
+    try:
+        await env.sandbox.say("wxid_res_01", "楼道着火了", room=JINXIU)
+        await asyncio.wait_for(claiming.wait(), 10)
+        await asyncio.wait_for(station.db.checkpointer.parked.wait(), 10)  # asked for while the claim is held
+    finally:
+        let_claim.set()
+    await env.bot_says(JINXIU, start, "119")
 
 
 async def test_a_failing_checkpoint_is_counted_and_retried_not_fatal(tmp_path: Path) -> None:
