@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from models.base import Base
-from models.sqlite_inline import inline_creator
+from models.sqlite_inline import InlineSession, inline_creator
 from models.wal_checkpoint import WalCheckpointer
 
 SqliteSync = Literal["full", "normal"]
@@ -55,7 +55,8 @@ class Database:
                          partial(_sqlite_pragmas, self.checkpointer is not None))
             if self.checkpointer is not None:
                 event.listen(self.engine.sync_engine, "connect", self._start_checkpointer)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False,
+                                           class_=InlineSession if self.is_sqlite else AsyncSession)
 
     @property
     def safe_url(self) -> str:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from models.base import UTCDateTime
 from models.db import Database
-from models.sqlite_inline import InlineConnection
+from models.sqlite_inline import InlineConnection, inline_connection
 from models.tables import InboundMessage
 
 
@@ -152,7 +152,7 @@ class SqliteMessageStore:
 async def sqlite_lane(database: Database) -> AsyncIterator[SqliteMessageStore]:
     """A transaction on the process's one SQLite connection (taken from the pool, so nothing else uses it
     meanwhile), driven without SQLAlchemy; committed when the block ends, rolled back if it raises."""
-    async with database.engine.connect() as connection:
+    async with inline_connection(database.engine) as connection:
         driver = (await connection.get_raw_connection()).driver_connection
         assert isinstance(driver, InlineConnection)
         raw = driver.sqlite

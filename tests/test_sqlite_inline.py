@@ -3,6 +3,7 @@ async API on it, with no worker thread, errors and rollbacks as with aiosqlite, 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from models.db import Database
+from models.message_store import sqlite_lane
 from models.sqlite_inline import InlineConnection
 from models.tables import InboundMessage
 
@@ -62,3 +64,43 @@ async def test_commit_rollback_and_errors_behave_as_with_aiosqlite(tmp_path: Pat
         ids = (await session.scalars(select(InboundMessage.message_id))).all()
     assert ids == ["kept"]
     await reopened.close()
+
+
+class _LoopTurns:
+    """Counts the event loop's turns: a callback that schedules itself again runs once per turn."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.turns += 1
+        self._handle = self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def test_a_transaction_from_start_to_close_never_yields_to_the_loop(tmp_path: Path) -> None:
+    """On a busy loop every turn runs all other ready callbacks first: a transaction that yields waits for
+    them. SQLAlchemy's own close of a session or connection leaving ``async with`` took three turns."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
+    await database.create_schema()
+    counter = _LoopTurns()
+    await asyncio.sleep(0)
+    try:
+        for attempt in range(2):  # the first time opens the pooled connection
+            before = counter.turns
+            async with database.session() as session, session.begin():
+                session.add(InboundMessage(account="huamu", message_id=f"m{attempt}", room_id="r@chatroom",
+                                           sender_id="wxid_a", sender_name="a", text="hi", kind="text",
+                                           sent_at=datetime.now(UTC), received_at=datetime.now(UTC)))
+            async with database.session() as session:
+                assert (await session.execute(select(InboundMessage.id))).first() is not None
+            async with sqlite_lane(database) as store:
+                assert await store.insert_new(InboundMessage, []) == {}
+            assert counter.turns == before
+    finally:
+        counter.stop()
+    await database.close()
