@@ -257,7 +257,7 @@ async def _send_round(station: Station, transport: Transport, due: list[OutboxMe
             log.warning("outbox #%s was taken over by another sender before its send here was recorded",
                         result.row.id)
         _count(station, result, was_recorded)
-    _reraise_if_cancelled()  # Python 3.11's wait_for returns a result that lands with a cancellation
+    _reraise_if_cancelled()  # a stop that landed during a send, which grpclib turned into an error
 
 
 async def _already_echoed(station: Station, rows: list[OutboxMessage]) -> list[_Result]:
@@ -301,13 +301,14 @@ class _Result:
 async def _deliver(transport: Transport, row: OutboxMessage) -> _Result:
     """One attempt at one claimed row, bounded by SEND_TIMEOUT."""
     try:
-        return _Result(row, message_id=await asyncio.wait_for(_attempt(transport, row), SEND_TIMEOUT.total_seconds()))
+        async with asyncio.timeout(SEND_TIMEOUT.total_seconds()):  # no task of its own, unlike wait_for
+            return _Result(row, message_id=await _attempt(transport, row))
     except _NotMember:
         return _Result(row, not_member=True)
     except Exception as exc:
         _reraise_if_cancelled()
         # a timed-out attempt is a failed one, retried after the usual backoff but no sooner than
-        # UNANSWERED_RETRY_AFTER (wait_for's error has no text)
+        # UNANSWERED_RETRY_AFTER (the timeout's error has no text)
         unanswered = isinstance(exc, TimeoutError)
         error = f"no answer within {SEND_TIMEOUT}" if unanswered else f"{type(exc).__name__}: {exc}"
         log.warning("outbox #%s to %s failed (attempt %s): %s", row.id, row.conversation_id, row.attempts + 1,
@@ -415,8 +416,11 @@ async def run_sender(station: Station, transport: Transport, ready: asyncio.Even
             _reraise_if_cancelled()
             log.exception("outbox sender error; retrying")
         timeout = IDLE_CHECK_SECONDS if wait is None else min(max(wait, 0.01), IDLE_CHECK_SECONDS)
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for runs the wait in a task of its own, two more
+        # turns of a busy loop between a reply's commit and its read
         try:
-            await asyncio.wait_for(station.outbox_ready.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await station.outbox_ready.wait()
         except TimeoutError:
             pass
-        _reraise_if_cancelled()  # Python 3.11's wait_for swallows a cancellation that lands with the wake-up
+        _reraise_if_cancelled()
