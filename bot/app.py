@@ -253,8 +253,9 @@ class App:
                     and self._mean_gap < LINGER_BELOW_GAP):
                 self._pressing_arrived.clear()
                 self.lingering.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._pressing_arrived.wait(), LINGER_SECONDS)
+                with contextlib.suppress(TimeoutError):  # a report ends the wait: no wait_for task in its way
+                    async with asyncio.timeout(LINGER_SECONDS):
+                        await self._pressing_arrived.wait()
                 self.lingering.clear()
             await self.station.urgent_first.wait_turn()  # type: ignore[union-attr]  # replies and pings first
             while len(batch) < MAX_BATCH and not self._intake.empty():
