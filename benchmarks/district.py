@@ -934,7 +934,7 @@ def report(results: dict[str, Any]) -> str:
     lines = [
         f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, SQLite "
         f"{m['sqlite']} (sqlite_sync {p.get('sqlite_sync', 'full')}"
-        f"{', payload helper' if p.get('payload_helper') else ''}), "
+        f", payload helper {p.get('payload_helper', 'off')}), "
         f"wechaty {m['wechaty']}, grpclib {m['grpclib']}, kernel {m['kernel']}; "
         f"code {m.get('revision', '?')}",
         f"world: {results['sandbox']['rooms']} groups, {results['sandbox']['memberships']} memberships "
@@ -1066,8 +1066,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, wait_quiet: float, kep
                         help="wait up to this long for other processes to leave the CPUs before starting")
     parser.add_argument("--sqlite-sync", choices=("full", "normal"), default="full",
                         help="the bot's database.sqlite_sync (config.yaml)")
-    parser.add_argument("--payload-helper", action="store_true",
-                        help="the bot's intake.payload_helper: payloads fetched in a helper process")
+    parser.add_argument("--payload-helper", nargs="?", choices=("off", "on", "auto"), const="on", default="auto",
+                        help="the bot's intake.payload_helper (auto, the default; the flag alone: on)")
     parser.add_argument("--workdir",
                         help="run directory (default: a new temporary one, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help=f"keep the run directory ({kept})")

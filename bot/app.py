@@ -156,7 +156,7 @@ class App:
             endpoint=target.endpoint,
             cache_dir=data_dir / ".wechaty",
             on_inbound=self._on_inbound,
-            use_payload_helper=lambda: self.station is not None and self.station.current.config.intake.payload_helper,
+            payload_helper_mode=lambda: self.station.current.config.intake.payload_helper if self.station else "off",
         )
         self._tasks.append(asyncio.create_task(self.connection.run_forever(), name="connection"))
         self._tasks.append(asyncio.create_task(self._run_intake(), name="intake"))

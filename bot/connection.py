@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +56,20 @@ MESSAGE_LOADERS = 16
 # With the payload helper the calls are made in its process, and the limit is on this one's side only the
 # round trips waiting (three processes on two cores answer each load later, not slower): more may wait.
 HELPER_LOADERS = 64
+# intake.payload_helper "auto": the helper takes the loads while they queue up here (this many waiting or in
+# flight at once: at half the district benchmark's ceiling there are ~5, at its ceiling all the loaders are
+# busy and events wait), and for AUTO_HOLD_SECONDS after the last time they did, so that it does not flap.
+# Below that, a load in this process answers sooner (one hop fewer between processes).
+AUTO_ENGAGE_LOADS = 48
+AUTO_HOLD_SECONDS = 10.0
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, which a container or ``taskset`` may narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 InboundHandler = Callable[[Inbound], Awaitable[Any]]
@@ -84,7 +100,7 @@ def redact(token: str) -> str:
 class Connection:
     def __init__(
         self, *, account: str, token: str, endpoint: str, cache_dir: Path, on_inbound: InboundHandler,
-        use_payload_helper: Callable[[], bool] = lambda: False,
+        payload_helper_mode: Callable[[], str] = lambda: "off",
     ) -> None:
         self.account = account
         self.probe_seconds = LIVENESS_PROBE_SECONDS
@@ -108,10 +124,16 @@ class Connection:
         self.unloadable = 0  # message events whose payload could not be fetched (logged, counted)
         self._pending: asyncio.Queue[Any] = asyncio.Queue()  # message events not loaded yet (tiny: ids)
         self._rooms_loading: dict[str, asyncio.Future[None]] = {}  # RoomPayload calls in flight, by room
-        self.use_payload_helper = use_payload_helper  # asked on every load, so a config reload applies
+        self.payload_helper_mode = payload_helper_mode  # off, on, auto; asked on every load (config reloads)
         self.payload_helper: PayloadHelper | None = None
         self._in_process_loads = asyncio.Semaphore(MESSAGE_LOADERS)
         self.helper_fallbacks = 0  # loads made here while the helper was on (starting, gone, or its call failed)
+        self.cores = usable_cores()
+        self.monotonic = time.monotonic
+        self._loads_in_flight = 0
+        self._helper_engaged_until = 0.0  # "auto": the helper takes the loads until then (monotonic)
+        self.helper_engaged = False  # the helper takes the loads now (always when "on")
+        self.helper_engagements = 0  # times "auto" handed the loads to the helper since start
 
     def _build(self) -> Any:
         register_secret(self.token)
@@ -232,6 +254,7 @@ class Connection:
             if bot is None:
                 continue
             message_id = getattr(event, "message_id", "?")
+            self._loads_in_flight += 1
             try:
                 inbound = await self._load(bot, message_id)
             except asyncio.CancelledError:
@@ -241,6 +264,8 @@ class Connection:
                 log.warning("could not load message %s from the puppet service: %s: %s",
                             message_id, type(exc).__name__, exc)
                 continue
+            finally:
+                self._loads_in_flight -= 1
             try:
                 await self.on_inbound(inbound)
             except Exception:
@@ -337,7 +362,7 @@ class Connection:
     async def _message_payload(self, bot: Any, message_id: str) -> tuple[Any, str]:
         """The MessagePayload and our kind for it: from the payload helper when it is on and can answer
         (``bot/payload_helper.py``), else through python-wechaty in this process."""
-        if self.use_payload_helper():
+        if self.helper_wanted():
             if self.payload_helper is None:
                 self.payload_helper = PayloadHelper(self.endpoint, self.token)
             try:
@@ -346,12 +371,42 @@ class Connection:
             except HelperUnavailable as exc:
                 self.helper_fallbacks += 1
                 log.debug("message %s loaded in-process: %s", message_id, exc)
-        elif self.payload_helper is not None:  # turned off by a config reload
+        elif self.payload_helper is not None and self.payload_helper_mode() == "off":  # a config reload
             helper, self.payload_helper = self.payload_helper, None
             await helper.stop()
         async with self._in_process_loads:
             payload = await bot.puppet.message_payload(message_id)
         return payload, _KINDS.get(getattr(payload.type, "name", str(payload.type)), "other")
+
+    def helper_wanted(self) -> bool:
+        """Whether the next load goes through the payload helper (``intake.payload_helper``). With "auto" on a
+        machine of two cores or more, while loads queue up here; an idle helper is kept for the next time."""
+        mode = self.payload_helper_mode()
+        if mode != "auto" or self.cores < 2:  # on one core a helper would only take the bot's own CPU
+            self.helper_engaged = mode == "on"
+            return self.helper_engaged
+        now = self.monotonic()
+        queued = self._loads_in_flight + self._pending.qsize()
+        if queued >= AUTO_ENGAGE_LOADS:
+            self._helper_engaged_until = now + AUTO_HOLD_SECONDS
+        engaged = now < self._helper_engaged_until
+        if engaged != self.helper_engaged:
+            self.helper_engaged = engaged
+            if engaged:
+                self.helper_engagements += 1
+                log.info("%s message loads waiting or in flight: the payload helper takes them", queued)
+            else:
+                log.info("message loads no longer queue up: loading them in the bot's own process again")
+        return engaged
+
+    @property
+    def helper_state(self) -> str:
+        """For /healthz: off; standby ("auto", loads made here); running; down (loads made here meanwhile)."""
+        if self.payload_helper_mode() == "off":
+            return "off"
+        if not self.helper_engaged and self.payload_helper_mode() == "auto":
+            return "standby"
+        return "running" if self.payload_helper is not None and self.payload_helper.running else "down"
 
     async def _room_ready(self, room: Any) -> None:
         """One RoomPayload per room, then cached by python-wechaty, even when several loaders meet a new

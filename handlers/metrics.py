@@ -47,6 +47,7 @@ class ConnectionFigures:
     helper_running: bool = False
     helper_loads: int = 0
     helper_fallbacks: int = 0
+    helper_engaged: bool = False  # the helper takes the loads now (always when on; "auto": while they queue)
     # the process's event loop (``bot/loop_watch.py``): times it was held past the threshold, and for how long
     loop_stalls: int = 0
     loop_stalled_seconds: float = 0.0
@@ -140,6 +141,10 @@ class Metrics:
             "gonghao_payload_helper_fallbacks",
             "Message payloads fetched in the bot's own process while the helper was on but could not answer "
             "(starting, restarting, or its call failed) since start", registry=r)
+        self.helper_engaged = Gauge(
+            "gonghao_payload_helper_engaged",
+            "1 while message payloads go to the helper process: always with intake.payload_helper on, and with "
+            "auto while loads queue up in the bot", registry=r)
         self.loop_stalls = Gauge(
             "gonghao_event_loop_stalls",
             "Times since start that something held the process's event loop for the stall threshold "
@@ -229,6 +234,7 @@ class Metrics:
         self.helper_running.set(1 if connection.helper_running else 0)
         self.helper_loads.set(connection.helper_loads)
         self.helper_fallbacks.set(connection.helper_fallbacks)
+        self.helper_engaged.set(1 if connection.helper_engaged else 0)
         self.loop_stalls.set(connection.loop_stalls)
         self.loop_stalled_seconds.set(connection.loop_stalled_seconds)
         checkpointer = station.db.checkpointer

@@ -132,8 +132,9 @@ def write_config(directory: Path, text_yaml: str, database_url: str | None = Non
     return path
 
 
-def with_payload_helper(text_yaml: str, on: bool = True) -> str:
-    """A config text with ``intake.payload_helper`` set (message payloads fetched by a helper process)."""
+def with_payload_helper(text_yaml: str, on: bool | str = True) -> str:
+    """A config text with ``intake.payload_helper`` set (message payloads fetched by a helper process): on,
+    off, or "auto"."""
     import yaml
 
     data = yaml.safe_load(text_yaml)

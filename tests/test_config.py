@@ -52,6 +52,8 @@ def test_minimal_config_is_valid() -> None:
          "needs room_id or topic"),
         (("name: 测试派出所}\n", "name: 测试派出所}\ndatabase: {sqlite_sync: sometimes}\n"), 2,
          "database.sqlite_sync", "'full' or 'normal'"),
+        (("name: 测试派出所}\n", "name: 测试派出所}\nintake: {payload_helper: sometimes}\n"), 2,
+         "intake.payload_helper", "'off', 'on' or 'auto'"),
     ],
 )
 def test_invalid_config_names_line_and_field(
@@ -85,6 +87,13 @@ def test_duplicate_route_ids_are_rejected() -> None:
     issue = caught.value.issues[0]
     assert (issue.line, issue.field) == (10, "routes[1].id")
     assert "duplicate route id 'fire'" in issue.message
+
+
+@pytest.mark.parametrize(("written", "mode"), [("on", "on"), ("off", "off"), ("true", "on"), ("false", "off"),
+                                              ("auto", "auto"), (None, "auto")])
+def test_the_payload_helper_setting_reads_yaml_booleans_as_on_and_off(written: str | None, mode: str) -> None:
+    text = MINIMAL if written is None else MINIMAL + f"intake: {{payload_helper: {written}}}\n"
+    assert parse_config(text).intake.payload_helper == mode
 
 
 def test_shift_times_are_parsed_including_unquoted_and_midnight() -> None:

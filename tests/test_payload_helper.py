@@ -8,13 +8,15 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from bot.connection import Connection, _wire_kind
+from bot import connection as connection_module
+from bot.connection import AUTO_ENGAGE_LOADS, AUTO_HOLD_SECONDS, Connection, _wire_kind
 from bot.payload_helper import HelperUnavailable, PayloadHelper
 from models.tables import InboundMessage
 from tests.conftest import JINXIU, WANG, Env, with_payload_helper, write_config
@@ -269,3 +271,73 @@ async def test_the_helper_keeps_the_token_out_of_the_errors_it_reports(env: Env)
         await helper.load(env.sandbox.token)
     assert "NOT_FOUND" in str(raised.value) and "***" in str(raised.value)
     assert env.sandbox.token not in str(raised.value)
+
+
+def _connection(mode: str, cores: int = 2) -> tuple[Connection, list[float]]:
+    """A Connection that has not connected, its mode and core count fixed, on a clock the test moves."""
+    async def ignore(_: Any) -> None:
+        return None
+
+    conn = Connection(account="huamu", token="t", endpoint="127.0.0.1:1", cache_dir=Path("."),
+                      on_inbound=ignore, payload_helper_mode=lambda: mode)
+    conn.cores = cores
+    now = [1000.0]
+    conn.monotonic = lambda: now[0]
+    return conn, now
+
+
+async def test_auto_takes_the_helper_only_while_loads_queue_up_and_for_a_while_after() -> None:
+    conn, now = _connection("auto")
+    assert not conn.helper_wanted() and conn.helper_state == "standby"
+    conn._loads_in_flight = AUTO_ENGAGE_LOADS - 1
+    assert not conn.helper_wanted()  # busy, not queueing
+    conn._pending.put_nowait(object())  # one more event waiting for a loader
+    assert conn.helper_wanted() and conn.helper_engaged and conn.helper_engagements == 1
+    assert conn.helper_state == "down"  # engaged, helper not started: loads are made here meanwhile
+    conn._loads_in_flight = 0
+    conn._pending.get_nowait()  # the queue is gone ...
+    now[0] += AUTO_HOLD_SECONDS - 0.1
+    assert conn.helper_wanted()  # ... but the helper keeps the loads for a while: no flapping
+    now[0] += 0.1
+    assert not conn.helper_wanted() and conn.helper_state == "standby"
+    conn._loads_in_flight = AUTO_ENGAGE_LOADS
+    assert conn.helper_wanted() and conn.helper_engagements == 2
+
+
+@pytest.mark.parametrize(("mode", "cores", "wanted", "state"), [
+    ("on", 2, True, "down"), ("on", 1, True, "down"),  # on means on, even on one core
+    ("off", 2, False, "off"), ("auto", 1, False, "standby"),  # a helper on the bot's only core: never
+])
+async def test_the_helper_mode_when_loads_queue_up(mode: str, cores: int, wanted: bool, state: str) -> None:
+    conn, _ = _connection(mode, cores)
+    conn._loads_in_flight = 10 * AUTO_ENGAGE_LOADS
+    assert conn.helper_wanted() == wanted and conn.helper_state == state
+
+
+async def test_auto_loads_through_the_running_helper_while_engaged_then_in_process(
+    env: Env, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    helper = await running_helper(env)
+    conn = connection(env)
+    now = [conn.monotonic()]
+    monkeypatch.setattr(conn, "monotonic", lambda: now[0])
+    text = env.config_path.read_text(encoding="utf-8")
+    env.config_path.write_text(with_payload_helper(text, on="auto"), encoding="utf-8")
+    assert env.app.reload() == []
+
+    async def loaded_by_helper(text: str, outcome: str) -> bool:
+        answered = helper.answered
+        message_id = await env.sandbox.say("wxid_res_01", text, room=JINXIU)
+        assert await env.outcome_of(message_id) == outcome
+        return helper.answered == answered + 1
+
+    assert not await loaded_by_helper("今晚吃火锅吗", "quiet")  # nothing queues: loaded here
+    assert helper.running and conn.helper_state == "standby"  # the idle helper is kept for the next queue
+    monkeypatch.setattr(connection_module, "AUTO_ENGAGE_LOADS", 1)  # the load itself is a queue now
+    assert await loaded_by_helper("周末去公园散步", "quiet")  # chit-chat: no replies whose echoes load too
+    assert conn.helper_engaged and conn.helper_state == "running"
+    monkeypatch.setattr(connection_module, "AUTO_ENGAGE_LOADS", 10_000)  # no queue any more
+    assert await loaded_by_helper("大家早上好呀", "quiet")  # held for AUTO_HOLD_SECONDS after the last queue
+    now[0] += connection_module.AUTO_HOLD_SECONDS
+    assert not await loaded_by_helper("收到谢谢", "quiet")
+    assert conn.helper_state == "standby" and helper.running

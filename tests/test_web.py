@@ -559,7 +559,7 @@ async def test_healthz_degraded_without_the_puppet(tmp_path: Path, clock: FakeCl
             body = await response.json()
         assert body == {"status": "degraded", "puppet_connected": False, "puppet_state": "connecting",
                         "reconnects": 0, "liveness_failures": 0, "last_event_at": None, "pending_events": 0,
-                        "intake_backlog": 0, "payload_helper": "off", "event_loop_stalls": 0, "database": True,
+                        "intake_backlog": 0, "payload_helper": "standby", "event_loop_stalls": 0, "database": True,
                         "config_version": app.station.current.version}  # type: ignore[union-attr]
     finally:
         await admin_web.stop()

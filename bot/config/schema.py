@@ -370,6 +370,14 @@ class OutboxConfig(Strict):
     group_per_day: int = Field(3000, ge=1, description="urgent replies to reports are exempt")
 
 
+def _helper_mode(value: Any) -> Any:
+    # YAML reads on/off/yes/no/true/false as booleans
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
+HelperMode = Annotated[Literal["off", "on", "auto"], BeforeValidator(_helper_mode)]
+
+
 class IntakeConfig(Strict):
     """How inbound chat is filtered before routing."""
 
@@ -381,9 +389,10 @@ class IntakeConfig(Strict):
     joined_reply_every: Duration = Field(
         timedelta(minutes=5), description="while an incident is open, at most one 'already reported' reply to "
         "its group per this interval, however many residents report it")
-    payload_helper: bool = Field(
-        False, description="fetch message payloads from the puppet service in a helper process (a second CPU "
-        "core does that gRPC work); the bot falls back to fetching them itself")
+    payload_helper: HelperMode = Field(
+        "auto", description="fetch message payloads from the puppet service in a helper process, so that a "
+        "second CPU core does that gRPC work: on, off, or auto (only while loads queue up, on a machine with "
+        "two cores or more); the bot falls back to fetching them itself")
 
 
 class BroadcastConfig(Strict):

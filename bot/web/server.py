@@ -272,6 +272,7 @@ def connection_figures(app: App) -> ConnectionFigures:
         helper_running=helper is not None and helper.running,
         helper_loads=helper.answered if helper is not None else 0,
         helper_fallbacks=connection.helper_fallbacks,
+        helper_engaged=connection.helper_engaged,
     )
 
 
@@ -291,9 +292,9 @@ async def healthz(request: web.Request) -> web.StreamResponse:
         "last_event_at": last.isoformat() if last is not None else None,
         "pending_events": figures.pending_events,
         "intake_backlog": figures.intake_backlog,
-        # "off" unless intake.payload_helper; "down" while it restarts (loads are made in the bot meanwhile)
-        "payload_helper": ("running" if figures.helper_running else "down")
-        if connection is not None and connection.use_payload_helper() else "off",
+        # intake.payload_helper: off; standby ("auto" while loads do not queue up); running; down while it
+        # starts or restarts (loads are made in the bot meanwhile)
+        "payload_helper": connection.helper_state if connection is not None else "off",
         "event_loop_stalls": figures.loop_stalls,
         "database": database,
         "config_version": app.station.current.version if app.station is not None else None,
