@@ -368,6 +368,9 @@ class CpuWindow:
         self.machine = machine_busy_seconds()
 
     def percent(self, until: float | None = None) -> dict[str, float]:
+        if "bot" in self.pids and "helper" not in self.pids:  # intake.payload_helper auto starts it when needed
+            if (late := helper_pids(self.pids["bot"]).get("helper")) is not None:
+                self.pids["helper"], self.cpu["helper"] = late, 0.0  # started within the window: all of its CPU
         elapsed = max((until or time.time()) - self.wall, 1e-6)
         used = {name: cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}
         out = {name: round(100 * value / elapsed) for name, value in used.items() if name != "driver"}

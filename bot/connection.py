@@ -56,11 +56,13 @@ MESSAGE_LOADERS = 16
 # With the payload helper the calls are made in its process, and the limit is on this one's side only the
 # round trips waiting (three processes on two cores answer each load later, not slower): more may wait.
 HELPER_LOADERS = 64
-# intake.payload_helper "auto": the helper takes the loads while they queue up here (this many waiting or in
-# flight at once: at half the district benchmark's ceiling there are ~5, at its ceiling all the loaders are
-# busy and events wait), and for AUTO_HOLD_SECONDS after the last time they did, so that it does not flap.
-# Below that, a load in this process answers sooner (one hop fewer between processes).
+# intake.payload_helper "auto": the helper takes the loads once they have queued up here for
+# AUTO_SUSTAIN_SECONDS (this many waiting or in flight: at the district benchmark's ceiling all the loaders
+# are busy and events wait), and keeps them until AUTO_HOLD_SECONDS after the last time they did, so that it
+# does not flap. A burst of a few hundred milliseconds does not hand them over: below saturation a load in
+# this process answers sooner (one hop fewer between processes).
 AUTO_ENGAGE_LOADS = 48
+AUTO_SUSTAIN_SECONDS = 1.0
 AUTO_HOLD_SECONDS = 10.0
 
 
@@ -132,6 +134,7 @@ class Connection:
         self.monotonic = time.monotonic
         self._loads_in_flight = 0
         self._helper_engaged_until = 0.0  # "auto": the helper takes the loads until then (monotonic)
+        self._queued_since: float | None = None  # "auto": loads have queued up since then, without a break
         self.helper_engaged = False  # the helper takes the loads now (always when "on")
         self.helper_engagements = 0  # times "auto" handed the loads to the helper since start
 
@@ -380,14 +383,20 @@ class Connection:
 
     def helper_wanted(self) -> bool:
         """Whether the next load goes through the payload helper (``intake.payload_helper``). With "auto" on a
-        machine of two cores or more, while loads queue up here; an idle helper is kept for the next time."""
+        machine of two cores or more, once loads have queued up here for a while, until they have not for a
+        while; an idle helper is kept for the next time."""
         mode = self.payload_helper_mode()
         if mode != "auto" or self.cores < 2:  # on one core a helper would only take the bot's own CPU
             self.helper_engaged = mode == "on"
             return self.helper_engaged
         now = self.monotonic()
         queued = self._loads_in_flight + self._pending.qsize()
-        if queued >= AUTO_ENGAGE_LOADS:
+        if queued < AUTO_ENGAGE_LOADS:
+            self._queued_since = None
+        elif self._queued_since is None:
+            self._queued_since = now
+        if self._queued_since is not None and (
+                self.helper_engaged or now - self._queued_since >= AUTO_SUSTAIN_SECONDS):
             self._helper_engaged_until = now + AUTO_HOLD_SECONDS
         engaged = now < self._helper_engaged_until
         if engaged != self.helper_engaged:

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from bot import connection as connection_module
-from bot.connection import AUTO_ENGAGE_LOADS, AUTO_HOLD_SECONDS, Connection, _wire_kind
+from bot.connection import AUTO_ENGAGE_LOADS, AUTO_HOLD_SECONDS, AUTO_SUSTAIN_SECONDS, Connection, _wire_kind
 from bot.payload_helper import HelperUnavailable, PayloadHelper
 from models.tables import InboundMessage
 from tests.conftest import JINXIU, WANG, Env, with_payload_helper, write_config
@@ -291,8 +291,12 @@ async def test_auto_takes_the_helper_only_while_loads_queue_up_and_for_a_while_a
     assert not conn.helper_wanted() and conn.helper_state == "standby"
     conn._loads_in_flight = AUTO_ENGAGE_LOADS - 1
     assert not conn.helper_wanted()  # busy, not queueing
-    conn._pending.put_nowait(object())  # one more event waiting for a loader
-    assert conn.helper_wanted() and conn.helper_engaged and conn.helper_engagements == 1
+    conn._pending.put_nowait(object())  # one more event waiting for a loader: loads queue up ...
+    assert not conn.helper_wanted()  # ... but a burst is not enough
+    now[0] += AUTO_SUSTAIN_SECONDS - 0.1
+    assert not conn.helper_wanted()
+    now[0] += 0.1
+    assert conn.helper_wanted() and conn.helper_engaged and conn.helper_engagements == 1  # still queueing
     assert conn.helper_state == "down"  # engaged, helper not started: loads are made here meanwhile
     conn._loads_in_flight = 0
     conn._pending.get_nowait()  # the queue is gone ...
@@ -300,7 +304,14 @@ async def test_auto_takes_the_helper_only_while_loads_queue_up_and_for_a_while_a
     assert conn.helper_wanted()  # ... but the helper keeps the loads for a while: no flapping
     now[0] += 0.1
     assert not conn.helper_wanted() and conn.helper_state == "standby"
+    conn._loads_in_flight = AUTO_ENGAGE_LOADS  # queueing again, with a break in between ...
+    assert not conn.helper_wanted()
+    conn._loads_in_flight = 0
+    now[0] += AUTO_SUSTAIN_SECONDS
+    assert not conn.helper_wanted()  # a load that saw no queue
     conn._loads_in_flight = AUTO_ENGAGE_LOADS
+    assert not conn.helper_wanted()  # ... counts from the end of the break
+    now[0] += AUTO_SUSTAIN_SECONDS
     assert conn.helper_wanted() and conn.helper_engagements == 2
 
 
@@ -333,7 +344,8 @@ async def test_auto_loads_through_the_running_helper_while_engaged_then_in_proce
 
     assert not await loaded_by_helper("今晚吃火锅吗", "quiet")  # nothing queues: loaded here
     assert helper.running and conn.helper_state == "standby"  # the idle helper is kept for the next queue
-    monkeypatch.setattr(connection_module, "AUTO_ENGAGE_LOADS", 1)  # the load itself is a queue now
+    monkeypatch.setattr(connection_module, "AUTO_ENGAGE_LOADS", 1)  # the load itself is a queue now ...
+    monkeypatch.setattr(connection_module, "AUTO_SUSTAIN_SECONDS", 0.0)  # ... and long enough
     assert await loaded_by_helper("周末去公园散步", "quiet")  # chit-chat: no replies whose echoes load too
     assert conn.helper_engaged and conn.helper_state == "running"
     monkeypatch.setattr(connection_module, "AUTO_ENGAGE_LOADS", 10_000)  # no queue any more
