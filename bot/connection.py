@@ -410,10 +410,12 @@ class Connection:
 
     @property
     def helper_state(self) -> str:
-        """For /healthz: off; standby ("auto", loads made here); running; down (loads made here meanwhile)."""
-        if self.payload_helper_mode() == "off":
+        """For /healthz: off (also "auto" on one core); standby ("auto", loads made here); running; down (loads
+        made here meanwhile)."""
+        mode = self.payload_helper_mode()
+        if mode == "off" or (mode == "auto" and self.cores < 2):
             return "off"
-        if not self.helper_engaged and self.payload_helper_mode() == "auto":
+        if mode == "auto" and not self.helper_engaged:
             return "standby"
         return "running" if self.payload_helper is not None and self.payload_helper.running else "down"
 

@@ -317,7 +317,7 @@ async def test_auto_takes_the_helper_only_while_loads_queue_up_and_for_a_while_a
 
 @pytest.mark.parametrize(("mode", "cores", "wanted", "state"), [
     ("on", 2, True, "down"), ("on", 1, True, "down"),  # on means on, even on one core
-    ("off", 2, False, "off"), ("auto", 1, False, "standby"),  # a helper on the bot's only core: never
+    ("off", 2, False, "off"), ("auto", 1, False, "off"),  # a helper on the bot's only core: never
 ])
 async def test_the_helper_mode_when_loads_queue_up(mode: str, cores: int, wanted: bool, state: str) -> None:
     conn, _ = _connection(mode, cores)
