@@ -7,15 +7,15 @@ with ``synchronous=NORMAL`` (no fsync) and without SQLite's automatic checkpoint
 a commit), and this thread does both:
 
 - it fsyncs the WAL whenever commits are waiting for it: at once when the bot is about to act on them
-  (:meth:`durable`, awaited by the outbox sender before it sends anything), otherwise within ``interval``;
+  (:meth:`sync_now`, awaited by the outbox sender before it sends anything), otherwise within ``interval``;
 - every ``interval`` it checkpoints the WAL into the database file on a connection of its own.
 
 With ``database.sqlite_sync: full`` (the default) the outbox sender and the admin web's form answers await
-:meth:`durable` (through ``Database.durable``): nothing is sent (no reply, no ping) and no form says "saved"
-before what caused it is on disk, as with a fsync per commit, while the rest of the bot goes on. Several
-commits share one fsync. With ``normal`` nothing waits: a power cut may lose the last ``interval`` of
-commits. A crash of the process loses nothing either way (the WAL is in the operating system's hands at
-commit).
+:meth:`sync_now` (through ``Database.sync_now`` and ``Database.durable``): nothing is sent (no reply, no ping)
+and no form says "saved" before what caused it is on disk, as with a fsync per commit, while the rest of the
+bot goes on. Several commits share one fsync. With ``normal`` nothing waits: a power cut may lose the last
+``interval`` of commits. A crash of the process loses nothing either way (the WAL is in the operating system's
+hands at commit).
 
 A PASSIVE checkpoint takes no lock that writers wait for, and SQLite and ``os.fsync`` release the GIL while
 they write, so the loop pays a hand-over per wait, not the disk's time.
@@ -85,10 +85,6 @@ class WalCheckpointer:
         """Called in the loop's thread after every commit on the station's connection."""
         self._committed += 1
 
-    async def durable(self) -> None:
-        """Return once every commit so far is on disk (an fsync of the WAL by this thread)."""
-        await self.sync_now()
-
     def sync_now(self) -> asyncio.Future[None]:
         """Start the fsync of every commit so far at once; the future is done when they are on disk. The caller
         goes on meanwhile (its later commits are not covered): the outbox sender claims its rows while the
@@ -150,7 +146,7 @@ class WalCheckpointer:
                         if not self._checkpoint(connection):
                             connection.close()  # the next round opens the file anew (it may have been replaced)
                             connection = None
-                except Exception:  # whoever waits in durable() depends on this thread staying up
+                except Exception:  # whoever waits for a sync depends on this thread staying up
                     log.exception("WAL sync or checkpoint of %s failed; retrying", self.path)
                     with self._done:
                         self.failures += 1

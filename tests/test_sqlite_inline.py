@@ -88,7 +88,7 @@ async def test_a_transaction_from_start_to_close_never_yields_to_the_loop(tmp_pa
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}")
     await database.create_schema()
     counter = _LoopTurns()
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn: the counter is ticking before the first transaction
     try:
         for attempt in range(2):  # the first time opens the pooled connection
             before = counter.turns
